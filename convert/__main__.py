@@ -1,0 +1,87 @@
+"""``python -m convert``: a DTLN checkpoint -> a verified tflite bundle in one quantisation mode."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import ConvertError, VerificationError
+from .export import MODES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .build import default_paths
+
+    p = argparse.ArgumentParser(
+        prog="python -m convert",
+        description="Convert a DTLN checkpoint (h5) into a verified, FFT-free tflite bundle for edge-denoise.")
+    p.add_argument("--weights", metavar="FILE", default=None,
+                   help=f"DTLN weights (.h5: published or ours; default: the shipped {default_paths()['weights'].name})")
+    p.add_argument("--quantize", choices=MODES, default="none",
+                   help="none = float32 (the reference); float16; dynamic = int8 weights; int8 = full integer; "
+                        "int16x8 = int16 activations, int8 weights (default: none)")
+    p.add_argument("--output", "-o", metavar="DIR", default=None,
+                   help="bundle folder to write (default: bundles/dtln-16k-MODE)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--name", default=None, help="bundle name in the manifest (default: the folder name)")
+    p.add_argument("--verify-audio", metavar="FILE", nargs="+", default=None,
+                   help="speech to verify on (default: the example recordings in examples/)")
+    p.add_argument("--calib-audio", metavar="FILE", nargs="+", default=None,
+                   help="speech to calibrate integer modes on (default: dev mixes from ../shared/data if "
+                        "present, else the verification audio)")
+    p.add_argument("--block-shift", type=int, default=128, help="hop in samples (default: 128 = 8 ms)")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only the bundle path")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except VerificationError as exc:
+        print(f"python -m convert: verification failed: {exc}", file=sys.stderr)
+        return 1
+    except ConvertError as exc:
+        print(f"python -m convert: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from edge.errors import AudioError
+
+    from . import build, data
+    from .dtln import load_weights, with_block_shift
+
+    paths = build.default_paths()
+    weights_path = args.weights or str(paths["weights"])
+    if args.weights is None and not os.path.exists(weights_path):
+        raise ConvertError(f"no --weights given and the shipped weights {weights_path} are missing")
+    weights = with_block_shift(load_weights(weights_path), args.block_shift)
+    output = args.output or os.path.join("bundles", f"dtln-16k-{args.quantize}")
+    verify_files = args.verify_audio or [str(p) for p in build.example_files()]
+    if not verify_files:
+        raise ConvertError("no verification audio: pass --verify-audio FILE (speech at any rate)")
+    try:
+        verify_audio = data.load_files(verify_files)
+        calib_audio = data.load_files(args.calib_audio) if args.calib_audio else data.dev_mixes()
+    except AudioError as exc:
+        raise ConvertError(str(exc)) from None
+    progress = build.Progress() if args.quiet else build.TERMINAL
+    bundle = build.convert_dtln(
+        weights, args.quantize, output, force=args.force, name=args.name, verify_audio=verify_audio,
+        verify_names=[os.path.basename(f) for f in verify_files], calib_audio=calib_audio or None,
+        source=os.path.basename(weights_path), progress=progress)
+    v = bundle.manifest["verification"]
+    if args.quiet:
+        print(bundle.path)
+    else:
+        size = sum(sm["bytes"] for sm in bundle.manifest["submodels"])
+        print(f"wrote {bundle.path} ({args.quantize}, {size / 1e6:.2f} MB): SNR {v['snr_db']:.1f} dB vs float "
+              f"reference (tolerance {v['tolerance_snr_db']:.0f} dB), max abs error {v['max_abs_error']:.2g}, "
+              f"{v['seconds_to_convert']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

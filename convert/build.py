@@ -1,0 +1,229 @@
+"""Write a verified model bundle: convert, calibrate, verify, then rename into place."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Callable
+
+import numpy as np
+
+import edge
+from edge.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, SubmodelSpec, TensorSpec, load_bundle, sha256_bytes
+from edge.interpreter import interpreter_package
+
+from .dtln import DTLNWeights, StreamOptions, build_streaming_models, stream_options_for
+from .errors import ConvertError, VerificationError
+from .export import MODES, op_names, tensor_table, to_tflite
+from .verify import TOLERANCE_DB, compare, keras_denoiser, run_stream
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Which interpreter packages load each mode's files (checked: ai-edge-litert 2.3, tflite-runtime 2.14).
+RUNTIMES = {
+    "none": ["ai-edge-litert", "tflite-runtime>=2.14", "tensorflow>=2.14"],
+    "float16": ["ai-edge-litert", "tflite-runtime>=2.14", "tensorflow>=2.14"],
+    "dynamic": ["ai-edge-litert", "tensorflow>=2.16"],  # per-channel FULLY_CONNECTED v12
+    "int8": ["ai-edge-litert", "tflite-runtime>=2.14", "tensorflow>=2.14"],
+    "int16x8": ["ai-edge-litert", "tensorflow>=2.16"],  # int16 RSQRT
+}
+LOG_NEEDS = ["ai-edge-litert", "tensorflow>=2.16"]  # LOG v2 in integer graphs
+
+
+@dataclass(frozen=True)
+class Progress:
+    say: Callable[[str], None] = lambda msg: None
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "numpy": np.__version__, "edge": edge.__version__}
+    for dist in ("tensorflow", "keras"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    pkg = interpreter_package()
+    out["interpreter"] = f"{pkg.name} {pkg.version}"
+    return out
+
+
+def _tensor_specs(table: dict[str, dict], order) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(name=n, tensor=table[n]["tensor"], shape=tuple(table[n]["shape"]),
+                            dtype=table[n]["dtype"], scale=table[n]["scale"], zero_point=table[n]["zero_point"])
+                 for n in order)
+
+
+def stub_bundle(weights: DTLNWeights, ios, family_options: dict) -> Bundle:
+    """A Bundle describing Keras submodels (no files): lets the edge framing drive Keras models."""
+    cfg = weights.config
+
+    def spec(n, s):
+        return TensorSpec(name=n, tensor=n, shape=tuple(s), dtype="float32")
+
+    subs = tuple(SubmodelSpec(name=io.name, file="", sha256="", inputs=tuple(spec(n, s) for n, s in io.inputs),
+                              outputs=tuple(spec(n, s) for n, s in io.outputs), data_input=io.data_input,
+                              data_output=io.data_output, states=io.states) for io in ios)
+    return Bundle(path="<keras>", name="keras", family="dtln", sample_rate=16000, block_len=cfg.block_len,
+                  block_shift=cfg.block_shift, window="none", latency_samples=cfg.latency_samples,
+                  quantization="none", family_options=MappingProxyType(family_options), submodels=subs,
+                  manifest=MappingProxyType({}), sha256="")
+
+
+def _calibration(weights, models, ios, family_options, audio, max_blocks: int) -> dict[str, list]:
+    """Closed loop: each submodel input recorded with the states the float model itself produced."""
+    records: dict[str, list] = {}
+    den = keras_denoiser(stub_bundle(weights, ios, family_options), models, family_options, records)
+    total = 0
+    for x in audio:
+        x = x[: max(0, max_blocks - total) * weights.config.block_shift]
+        if len(x) == 0:
+            break
+        run_stream(den, [x])
+        total = len(next(iter(records.values())))
+    return records
+
+
+def convert_dtln(weights: DTLNWeights, mode: str, output: str, *, force: bool = False, name: str | None = None,
+                 verify_audio: list[np.ndarray], verify_names: list[str], calib_audio: list[np.ndarray] | None = None,
+                 opts: StreamOptions | None = None, source: str = "", progress: Progress = Progress(),
+                 tolerance_db: float | None = None, calib_blocks: int = 2000) -> Bundle:
+    """Convert, verify and write a bundle folder; on any failure nothing is left at ``output``."""
+    if mode not in MODES:
+        raise ConvertError(f"unknown quantisation mode {mode!r}; choose one of {', '.join(MODES)}")
+    output = os.path.abspath(output)
+    if os.path.exists(output) and not force:
+        raise ConvertError(f"{output} exists; pass --force to replace it")
+    parent = os.path.dirname(output)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+    except OSError as exc:
+        raise ConvertError(f"{parent}: cannot write the bundle there ({exc.strerror})") from None
+    try:
+        bundle = _convert_into(weights, mode, tmp, name or os.path.basename(output), verify_audio, verify_names,
+                               calib_audio, opts, source, progress,
+                               TOLERANCE_DB[mode] if tolerance_db is None else tolerance_db, calib_blocks)
+        if os.path.exists(output):
+            trash = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old-", dir=parent)
+            os.replace(output, os.path.join(trash, "old"))
+            os.replace(tmp, output)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_bundle(output)
+
+
+def _convert_into(weights, mode, folder, name, verify_audio, verify_names, calib_audio, opts, source, progress,
+                  tolerance_db, calib_blocks) -> Bundle:
+    t0 = time.perf_counter()
+    cfg = weights.config
+    opts = stream_options_for(mode, cfg, opts)
+    family_options = {"frame_rms_norm": opts.frame_rms_norm, "log_mag": bool(opts.log_mag_outside and cfg.norm_mag)}
+    pairs = build_streaming_models(weights, opts)
+    ios = [io for _, io in pairs]
+    calib = None
+    if mode in ("int8", "int16x8"):
+        progress.say(f"calibrating {mode} (closed loop, float model states)")
+        records = _calibration(weights, pairs, ios, family_options, calib_audio or verify_audio, calib_blocks)
+    submodels = []
+    ops_all: set[str] = set()
+    for model, io in pairs:
+        progress.say(f"converting {io.name} ({mode})")
+        if mode in ("int8", "int16x8"):
+            calib = (lambda recs=records[io.name]: iter(recs))
+        content = to_tflite(model, io.inputs, mode, calib)
+        ops = op_names(content)
+        bad = {"WHILE", "TensorListReserve", "FlexTensorListReserve", "RFFT2D", "FFT"} & set(ops)
+        if bad:
+            raise ConvertError(f"{io.name}: converted graph holds {sorted(bad)}; the streaming form must not")
+        ops_all |= set(ops)
+        fname = f"{io.name}.tflite"
+        with open(os.path.join(folder, fname), "wb") as f:
+            f.write(content)
+        ins, outs = tensor_table(content)
+        submodels.append({
+            "name": io.name, "file": fname, "sha256": sha256_bytes(content), "bytes": len(content),
+            "inputs": [{"name": n, **ins[n]} for n, _ in io.inputs],
+            "outputs": [{"name": n, **outs[n]} for n, _ in io.outputs],
+            "data_input": io.data_input, "data_output": io.data_output, "states": dict(io.states),
+            "ops": ops,
+        })
+    runtimes = RUNTIMES[mode]
+    if mode in ("int8", "int16x8") and "LOG" in ops_all:
+        runtimes = LOG_NEEDS
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "family": "dtln",
+        "sample_rate": 16000, "block_len": cfg.block_len, "block_shift": cfg.block_shift, "window": "none",
+        "latency_samples": cfg.latency_samples,
+        "latency_ms": round(1000.0 * (cfg.block_len) / 16000.0, 2),
+        "quantization": mode, "family_options": family_options, "submodels": submodels,
+        "runtimes": runtimes,
+        "model": {"config": asdict(cfg), "parameters": int(sum(a.size for ws in weights.arrays.values() for a in ws)),
+                  "source": source},
+        "converter_options": {**asdict(opts), "calibration": "closed-loop" if calib else None},
+        "producer": {"tool": "python -m convert", **_versions()},
+    }
+    _write_manifest(folder, manifest)
+    bundle = load_bundle(folder)
+
+    progress.say("verifying against the Keras float reference")
+    ref_pairs = build_streaming_models(weights, StreamOptions())
+    ref_den = keras_denoiser(stub_bundle(weights, [io for _, io in ref_pairs], {}), ref_pairs, {})
+    refs = run_stream(ref_den, verify_audio)
+    tests = run_stream(edge.StreamingDenoiser(bundle), verify_audio)
+    fig = compare(refs, tests)
+    passed = bool(fig["snr_db"] >= tolerance_db)
+    manifest["verification"] = {
+        "reference": "Keras float32 streaming graph (no graph changes), same edge block loop",
+        "audio": verify_names, **fig, "tolerance_snr_db": tolerance_db, "passed": passed,
+        "seconds_to_convert": round(time.perf_counter() - t0, 1),
+    }
+    _write_manifest(folder, manifest)
+    if not passed:
+        hint = ""
+        if mode == "int8":
+            hint = (" Full int8 needs a model fine-tuned for it (python -m convert.train --qat ...); for this "
+                    "checkpoint use --quantize dynamic (int8 weights) or --quantize int16x8.")
+        raise VerificationError(
+            f"{mode} bundle misses its tolerance: SNR {fig['snr_db']:.1f} dB against the float reference, "
+            f"needs >= {tolerance_db:.0f} dB (max abs error {fig['max_abs_error']:.3g}); nothing written.{hint}")
+    return load_bundle(folder)
+
+
+def _write_manifest(folder: str, manifest: dict) -> None:
+    with open(os.path.join(folder, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+
+
+def default_paths() -> dict[str, Path]:
+    return {"weights": REPO / "pretrained_model" / "dtln-16k" / "dtln_weights.h5",
+            "examples": REPO / "examples"}
+
+
+def example_files() -> list[Path]:
+    for base in (REPO / "examples", Path.cwd() / "examples"):
+        files = sorted(p for p in base.glob("*noisy*.wav")) if base.is_dir() else []
+        if files:
+            return files
+    return []
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+TERMINAL = Progress(_say)

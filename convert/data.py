@@ -1,0 +1,164 @@
+"""Training data: speech + noise folders mixed on the fly (DNS-synthesizer style), deterministic by seed."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from edge.audio import EXTENSIONS, read_audio, to_mono_rate
+
+from .errors import ConvertError
+
+RATE = 16000
+
+
+def shared_data() -> Path:
+    """``$EDGE_DATA``, else ``../shared/data`` beside the repository."""
+    env = os.environ.get("EDGE_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def find_audio(folders: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    files: list[Path] = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ConvertError(f"{folder}: no such audio folder")
+        files += sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS)
+    return files
+
+
+def load_files(paths: Iterable[str | os.PathLike[str]], rate: int = RATE) -> list[np.ndarray]:
+    """Decode each file to mono float32 at ``rate`` (any input rate/channels)."""
+    out = []
+    for p in paths:
+        x, sr, _ = read_audio(os.fspath(p))
+        out.append(to_mono_rate(x, sr, rate))
+    return out
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-12))
+
+
+def synthetic_noise(rng: np.random.Generator, n: int, rate: int = RATE) -> np.ndarray:
+    """White, pink or brown noise, mains hum with harmonics, or clicks; unit RMS."""
+    kind = rng.integers(5)
+    if kind == 0:
+        x = rng.standard_normal(n)
+    elif kind in (1, 2):  # pink (1/f) or brown (1/f^2) by spectral shaping
+        spec = np.fft.rfft(rng.standard_normal(n))
+        f = np.maximum(np.fft.rfftfreq(n, 1.0 / rate), 20.0)
+        spec /= f ** (0.5 if kind == 1 else 1.0)
+        x = np.fft.irfft(spec, n)
+    elif kind == 3:  # hum: 50 or 60 Hz and harmonics with random levels
+        f0 = 50.0 if rng.random() < 0.5 else 60.0
+        t = np.arange(n) / rate
+        x = sum(rng.uniform(0.1, 1.0) / k * np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 2 * np.pi))
+                for k in range(1, 9))
+        x = x + 0.01 * rng.standard_normal(n)
+    else:  # clicks: sparse decaying impulses over a little white noise
+        x = 0.02 * rng.standard_normal(n)
+        for pos in rng.integers(0, n, size=max(1, int(rng.uniform(1, 20) * n / rate))):
+            length = int(rng.integers(20, 400))
+            seg = rng.standard_normal(length) * np.exp(-np.arange(length) / (length / 5))
+            x[pos:pos + length] += seg[: n - pos] * rng.uniform(0.5, 3.0)
+    return (x / _rms(x)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """How segments are drawn and mixed."""
+
+    segment: int = 2 * RATE
+    """Samples per training segment."""
+    snr_db: tuple[float, float] = (-5.0, 25.0)
+    level_dbfs: tuple[float, float] = (-35.0, -15.0)
+    """Speech RMS level range."""
+    synthetic_prob: float = 0.15
+    """Share of mixes whose noise is generated instead of recorded."""
+    second_noise_prob: float = 0.2
+    """Share of mixes with a second noise added (at +0..10 dB below the first)."""
+
+
+class Mixer:
+    """Draws (noisy, clean) pairs; mix ``i`` of seed ``s`` is the same on every run and machine."""
+
+    def __init__(self, speech: list[np.ndarray], noise: list[np.ndarray], cfg: MixConfig = MixConfig(),
+                 seed: int = 0):
+        if not speech:
+            raise ConvertError("no speech to train on")
+        self.speech = [s for s in speech if len(s) > RATE // 4]
+        self.noise = [n for n in noise if len(n) > RATE // 4]
+        self.cfg = cfg
+        self.seed = seed
+        lens = np.array([len(s) for s in self.speech], np.float64)
+        self._p_speech = lens / lens.sum()
+
+    def _window(self, rng, pool: list[np.ndarray], n: int, p=None) -> np.ndarray:
+        x = pool[rng.choice(len(pool), p=p)]
+        if len(x) >= n:
+            start = int(rng.integers(0, len(x) - n + 1))
+            return x[start:start + n].astype(np.float32)
+        reps = int(np.ceil(n / len(x))) + 1
+        start = int(rng.integers(0, len(x)))
+        return np.tile(x, reps)[start:start + n].astype(np.float32)
+
+    def _noise(self, rng, n: int) -> np.ndarray:
+        if not self.noise or rng.random() < self.cfg.synthetic_prob:
+            return synthetic_noise(rng, n)
+        x = self._window(rng, self.noise, n)
+        return x / _rms(x)
+
+    def mix(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, index])
+        n = self.cfg.segment
+        clean = self._window(rng, self.speech, n, self._p_speech)
+        noise = self._noise(rng, n)
+        if rng.random() < self.cfg.second_noise_prob:
+            noise = noise + self._noise(rng, n) * 10 ** (-rng.uniform(0, 10) / 20)
+            noise /= _rms(noise)
+        level = 10 ** (rng.uniform(*self.cfg.level_dbfs) / 20)
+        clean = clean * (level / _rms(clean))
+        snr = rng.uniform(*self.cfg.snr_db)
+        noise = noise * (_rms(clean) / 10 ** (snr / 20))
+        noisy = clean + noise
+        peak = float(np.max(np.abs(noisy)))
+        if peak > 0.99:
+            clean, noisy = clean * (0.99 / peak), noisy * (0.99 / peak)
+        return noisy.astype(np.float32), clean.astype(np.float32)
+
+    def batch(self, start: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [self.mix(start + k) for k in range(size)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def corpus(root: Path, split: str) -> tuple[list[Path], list[Path]]:
+    """Speech and noise files of one split (train/dev) of the shared data layout."""
+    speech = find_audio([root / "speech" / split]) if (root / "speech" / split).is_dir() else []
+    noise = find_audio([root / "noise" / split]) if (root / "noise" / split).is_dir() else []
+    return speech, noise
+
+
+def dev_set(root: Path | None = None, count: int = 128, seconds: float = 4.0, seed: int = 1234
+            ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The fixed dev mixes (speech/dev x noise/dev); None when the data folder is absent."""
+    root = root or shared_data()
+    speech, noise = corpus(root, "dev")
+    if not speech:
+        return None
+    seg = int(seconds * RATE)
+    mixer = Mixer(load_files(speech), load_files(noise), MixConfig(segment=seg), seed=seed)
+    return mixer.batch(0, count)
+
+
+def dev_mixes(count: int = 12, seconds: float = 4.0) -> list[np.ndarray]:
+    """A few noisy dev mixes for calibration (never test files); [] without the data folder."""
+    d = dev_set(count=count, seconds=seconds, seed=4321)
+    return [] if d is None else list(d[0])

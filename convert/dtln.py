@@ -1,0 +1,419 @@
+"""DTLN in Keras 3: weights (published h5 layout), the training model and its streaming submodels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import h5py
+import numpy as np
+
+from .errors import WeightsError
+
+# Canonical order of weighted layers; the published h5 files store them in exactly this order.
+# "mag_norm" exists only in the norm variant (log-magnitude + instant layer norm before the first LSTM).
+
+
+@dataclass(frozen=True)
+class DTLNConfig:
+    """Architecture of one DTLN; the published models are the defaults."""
+
+    block_len: int = 512
+    """Samples per frame."""
+    block_shift: int = 128
+    """Samples per hop."""
+    units: int = 128
+    """LSTM units per layer."""
+    layers: int = 2
+    """LSTM layers per separation core."""
+    encoder_size: int = 256
+    """Filters of the learned analysis basis of stage 2."""
+    norm_mag: bool = False
+    """True: log(|X| + 1e-7) and an instant layer norm before the first LSTM (the ``norm`` files)."""
+    dropout: float = 0.25
+    eps: float = 1e-7
+    """Instant layer norm epsilon."""
+
+    @property
+    def bins(self) -> int:
+        return self.block_len // 2 + 1
+
+    @property
+    def latency_samples(self) -> int:
+        return self.block_len - self.block_shift
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """Graph changes for the streaming submodels (all exact or inaudible in float)."""
+
+    split_states: bool = False
+    """One (1, units) tensor per h and per c instead of one packed (1, layers, units, 2) tensor."""
+    clip_cell: float | None = None
+    """Clip the LSTM cell state to +-this value (integer modes need a bounded c)."""
+    frame_rms_norm: bool = False
+    """Stage 2 gets its frame divided by its RMS (done by the runtime); the graph is unchanged."""
+    log_mag_outside: bool = False
+    """Norm variant: the runtime feeds log(|X| + 1e-7), so no LOG op is in the graph."""
+
+
+def layer_shapes(cfg: DTLNConfig) -> list[tuple[str, list[tuple[int, ...]]]]:
+    """(layer name, weight shapes) in canonical order."""
+    u4 = 4 * cfg.units
+    out: list[tuple[str, list[tuple[int, ...]]]] = []
+    if cfg.norm_mag:
+        out.append(("mag_norm", [(cfg.bins,), (cfg.bins,)]))
+    for stage, n_in, n_out in ((1, cfg.bins, cfg.bins), (2, cfg.encoder_size, cfg.encoder_size)):
+        if stage == 2:
+            out.append(("encoder", [(1, cfg.block_len, cfg.encoder_size)]))
+            out.append(("enc_norm", [(cfg.encoder_size,), (cfg.encoder_size,)]))
+        for k in range(cfg.layers):
+            out.append((f"lstm{stage}_{k}", [(n_in if k == 0 else cfg.units, u4), (cfg.units, u4), (u4,)]))
+        out.append((f"dense{stage}", [(cfg.units, n_out), (n_out,)]))
+    out.append(("decoder", [(1, cfg.encoder_size, cfg.block_len)]))
+    return out
+
+
+@dataclass(frozen=True)
+class DTLNWeights:
+    """All weights of one DTLN by canonical layer name, plus its config."""
+
+    config: DTLNConfig
+    arrays: dict[str, list[np.ndarray]] = field(repr=False)
+
+    @classmethod
+    def random(cls, cfg: DTLNConfig, seed: int = 0) -> "DTLNWeights":
+        rng = np.random.default_rng(seed)
+        arrays = {}
+        for name, shapes in layer_shapes(cfg):
+            ws = []
+            for i, s in enumerate(shapes):
+                if name.endswith("norm"):
+                    ws.append(np.full(s, 1.0 if i == 0 else 0.0, np.float32))
+                elif len(s) == 1:
+                    ws.append((0.1 * rng.standard_normal(s)).astype(np.float32))
+                else:
+                    fan_in = s[-2]
+                    ws.append((rng.standard_normal(s) / np.sqrt(fan_in)).astype(np.float32))
+            arrays[name] = ws
+        return cls(cfg, arrays)
+
+
+def _read_h5_layers(path: str) -> list[tuple[str, list[np.ndarray]]]:
+    """Weighted layers of a Keras (2.x legacy) h5 file in file order: [(layer, [arrays])]."""
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such weights file") from None
+    except OSError as exc:
+        raise WeightsError(f"{path}: not a readable HDF5 weights file ({exc})") from None
+    with f:
+        g = f["model_weights"] if "model_weights" in f else f
+        if "layer_names" not in g.attrs:
+            raise WeightsError(f"{path}: no 'layer_names' attribute; expected a Keras h5 weights file")
+        layers = []
+        for ln in g.attrs["layer_names"]:
+            ln = ln.decode() if isinstance(ln, bytes) else str(ln)
+            wn = [w.decode() if isinstance(w, bytes) else str(w) for w in g[ln].attrs.get("weight_names", [])]
+            if wn:
+                layers.append((ln, [np.asarray(g[ln][w], dtype=np.float32) for w in wn]))
+        return layers
+
+
+def load_weights(path: str, block_shift: int = 128) -> DTLNWeights:
+    """Load a DTLN h5 (published or ours); the architecture is read from the arrays' shapes.
+
+    The norm variant is told apart by content: its first weighted layer is a (bins,) norm, not an LSTM.
+    """
+    layers = _read_h5_layers(path)
+    if not layers:
+        raise WeightsError(f"{path}: holds no weights")
+    first = layers[0][1]
+    norm_mag = len(first) == 2 and first[0].ndim == 1
+    try:
+        lstm = layers[1 if norm_mag else 0]
+        units = lstm[1][1].shape[0]
+        n_lstm = 0
+        for _, ws in layers[(1 if norm_mag else 0):]:
+            if len(ws) == 3:
+                n_lstm += 1
+            else:
+                break
+        enc = next(ws[0] for _, ws in layers if len(ws) == 1 and ws[0].ndim == 3)
+        cfg = DTLNConfig(block_len=enc.shape[1], block_shift=block_shift, units=units, layers=n_lstm,
+                         encoder_size=enc.shape[2], norm_mag=norm_mag)
+    except (IndexError, StopIteration):
+        raise WeightsError(f"{path}: layer layout {[ln for ln, _ in layers]} is not a DTLN") from None
+    expected = layer_shapes(cfg)
+    if len(expected) != len(layers):
+        raise WeightsError(f"{path}: {len(layers)} weighted layers, a DTLN with {n_lstm} LSTM layers per stage "
+                           f"{'(norm variant) ' if norm_mag else ''}has {len(expected)}")
+    arrays = {}
+    for (name, shapes), (ln, ws) in zip(expected, layers):
+        got = [tuple(w.shape) for w in ws]
+        if got != shapes:
+            raise WeightsError(f"{path}: layer {ln!r} (DTLN {name}) has weight shapes {got}, expected {shapes}")
+        arrays[name] = ws
+    return DTLNWeights(cfg, arrays)
+
+
+def save_weights(weights: DTLNWeights, path: str) -> None:
+    """Write weights in the published h5 layout (readable by ``load_weights`` and by the DTLN code)."""
+    with h5py.File(path, "w") as f:
+        names = [n for n, _ in layer_shapes(weights.config)]
+        f.attrs["layer_names"] = np.array([n.encode() for n in names])
+        f.attrs["backend"] = b"tensorflow"
+        for n in names:
+            g = f.create_group(n)
+            ws = weights.arrays[n]
+            wn = [f"{n}/w{i}:0" for i in range(len(ws))]
+            g.attrs["weight_names"] = np.array([w.encode() for w in wn])
+            for w, a in zip(wn, ws):
+                g.create_dataset(w, data=a)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras layers and models (TensorFlow backend)
+
+def _keras():
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    return keras
+
+
+def _layers():
+    keras = _keras()
+    ops = keras.ops
+
+    class InstantLayerNorm(keras.layers.Layer):
+        """Per-frame layer norm over the last axis (DTLN's instant layer normalisation)."""
+
+        def __init__(self, eps=1e-7, **kw):
+            super().__init__(**kw)
+            self.eps = eps
+
+        def build(self, shape):
+            self.gamma = self.add_weight(shape=(shape[-1],), initializer="ones", name="gamma")
+            self.beta = self.add_weight(shape=(shape[-1],), initializer="zeros", name="beta")
+
+        def call(self, x):
+            mean = ops.mean(x, axis=-1, keepdims=True)
+            d = x - mean
+            var = ops.mean(d * d, axis=-1, keepdims=True)  # d*d: SQUARED_DIFFERENCE has no int16 kernel
+            return d / ops.sqrt(var + self.eps) * self.gamma + self.beta
+
+        def get_config(self):
+            return {**super().get_config(), "eps": self.eps}
+
+    class LSTMStep(keras.layers.Layer):
+        """One LSTM time step with explicit state, Keras gate order (i, f, c, o)."""
+
+        def __init__(self, units, clip_cell=None, **kw):
+            super().__init__(**kw)
+            self.units = units
+            self.clip_cell = clip_cell
+
+        def build(self, shapes):
+            n_in = shapes[0][-1]
+            self.kernel = self.add_weight(shape=(n_in, 4 * self.units), name="kernel")
+            self.recurrent_kernel = self.add_weight(shape=(self.units, 4 * self.units), name="recurrent_kernel")
+            self.bias = self.add_weight(shape=(4 * self.units,), name="bias")
+
+        def call(self, inputs):
+            x, h, c = inputs
+            z = ops.matmul(x, self.kernel) + ops.matmul(h, self.recurrent_kernel) + self.bias
+            i, f, g, o = ops.split(z, 4, axis=-1)
+            c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
+            if self.clip_cell is not None:
+                c = ops.clip(c, -self.clip_cell, self.clip_cell)
+            h = ops.sigmoid(o) * ops.tanh(c)
+            return h, c
+
+    class STFT(keras.layers.Layer):
+        """(batch, samples) -> magnitude and phase (batch, frames, bins); no padding, like DTLN."""
+
+        def __init__(self, block_len, block_shift, **kw):
+            super().__init__(**kw)
+            self.block_len, self.block_shift = block_len, block_shift
+
+        def call(self, x):
+            import tensorflow as tf
+
+            spec = tf.signal.rfft(tf.signal.frame(x, self.block_len, self.block_shift))
+            return tf.abs(spec), tf.math.angle(spec)
+
+    class ISTFTFrames(keras.layers.Layer):
+        """Masked magnitude + phase -> time frames (batch, frames, block_len)."""
+
+        def __init__(self, block_len, **kw):
+            super().__init__(**kw)
+            self.block_len = block_len
+
+        def call(self, inputs):
+            import tensorflow as tf
+
+            mag, phase = inputs
+            spec = tf.cast(mag, tf.complex64) * tf.exp(tf.complex(tf.zeros_like(phase), phase))
+            return tf.signal.irfft(spec, fft_length=[self.block_len])
+
+    class OverlapAdd(keras.layers.Layer):
+        def __init__(self, block_shift, **kw):
+            super().__init__(**kw)
+            self.block_shift = block_shift
+
+        def call(self, frames):
+            import tensorflow as tf
+
+            return tf.signal.overlap_and_add(frames, self.block_shift)
+
+    class Log(keras.layers.Layer):
+        def call(self, x):
+            return ops.log(x + 1e-7)
+
+    return InstantLayerNorm, LSTMStep, STFT, ISTFTFrames, OverlapAdd, Log
+
+
+def build_training_model(cfg: DTLNConfig, weights: DTLNWeights | None = None):
+    """Whole-utterance DTLN: (batch, samples) -> (batch, samples'), samples' = framed length."""
+    keras = _keras()
+    L = keras.layers
+    InstantLayerNorm, _, STFT, ISTFTFrames, OverlapAdd, Log = _layers()
+    x = keras.Input(shape=(None,), name="audio")
+    mag, phase = STFT(cfg.block_len, cfg.block_shift, name="stft")(x)
+    h = mag
+    if cfg.norm_mag:
+        h = InstantLayerNorm(cfg.eps, name="mag_norm")(Log(name="log_mag")(mag))
+
+    def core(h, stage, n_out):
+        for k in range(cfg.layers):
+            h = L.LSTM(cfg.units, return_sequences=True, name=f"lstm{stage}_{k}")(h)
+            if k < cfg.layers - 1:
+                h = L.Dropout(cfg.dropout, name=f"dropout{stage}_{k}")(h)
+        return L.Dense(n_out, activation="sigmoid", name=f"dense{stage}")(h)
+
+    mask1 = core(h, 1, cfg.bins)
+    frames = ISTFTFrames(cfg.block_len, name="istft")([L.Multiply(name="apply_mask1")([mag, mask1]), phase])
+    enc = L.Conv1D(cfg.encoder_size, 1, use_bias=False, name="encoder")(frames)
+    mask2 = core(InstantLayerNorm(cfg.eps, name="enc_norm")(enc), 2, cfg.encoder_size)
+    dec = L.Conv1D(cfg.block_len, 1, use_bias=False, name="decoder")(L.Multiply(name="apply_mask2")([enc, mask2]))
+    y = OverlapAdd(cfg.block_shift, name="overlap_add")(dec)
+    model = keras.Model(x, y, name="dtln")
+    if weights is not None:
+        set_model_weights(model, weights)
+    return model
+
+
+def set_model_weights(model, weights: DTLNWeights) -> None:
+    for name, ws in weights.arrays.items():
+        model.get_layer(name).set_weights(ws)
+
+
+def get_model_weights(model, cfg: DTLNConfig) -> DTLNWeights:
+    return DTLNWeights(cfg, {n: [np.asarray(w, np.float32) for w in model.get_layer(n).get_weights()]
+                             for n, _ in layer_shapes(cfg)})
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """Inputs/outputs of one streaming submodel, in signature order."""
+
+    name: str
+    inputs: tuple[tuple[str, tuple[int, ...]], ...]
+    outputs: tuple[tuple[str, tuple[int, ...]], ...]
+    data_input: str
+    data_output: str
+    states: tuple[tuple[str, str], ...]
+
+
+def _state_io(keras, prefix: str, cfg: DTLNConfig, opts: StreamOptions):
+    """Named state inputs and a function that packs the per-layer (h, c) back into outputs."""
+    if opts.split_states:
+        ins = {}
+        for k in range(cfg.layers):
+            for hc in "hc":
+                n = f"{prefix}_{hc}{k}"
+                ins[n] = keras.Input(batch_shape=(1, cfg.units), name=n)
+        per_layer = [(ins[f"{prefix}_h{k}"], ins[f"{prefix}_c{k}"]) for k in range(cfg.layers)]
+
+        def pack(hcs):
+            return {f"{prefix}_{hc}{k}_out": t for k, (h, c) in enumerate(hcs) for hc, t in (("h", h), ("c", c))}
+    else:
+        n = f"{prefix}_state"
+        s = keras.Input(batch_shape=(1, cfg.layers, cfg.units, 2), name=n)
+        ins = {n: s}
+        per_layer = [(s[:, k, :, 0], s[:, k, :, 1]) for k in range(cfg.layers)]
+
+        def pack(hcs):
+            ops = keras.ops
+            return {f"{n}_out": ops.stack([ops.stack([h, c], axis=-1) for h, c in hcs], axis=1)}
+    return ins, per_layer, pack
+
+
+def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOptions()):
+    """The two FFT-free per-block submodels with explicit named state: [(keras model, IOSpec)]."""
+    keras = _keras()
+    ops = keras.ops
+    cfg = weights.config
+    InstantLayerNorm, LSTMStep, _, _, _, Log = _layers()
+    out = []
+    for stage, prefix, n_in, n_mask in ((1, "mask", cfg.bins, cfg.bins),
+                                        (2, "frame", cfg.block_len, cfg.encoder_size)):
+        data_name = "mag" if stage == 1 else "frame"
+        x_in = keras.Input(batch_shape=(1, 1, n_in), name=data_name)
+        state_in, per_layer, pack = _state_io(keras, prefix, cfg, opts)
+        x = ops.reshape(x_in, (1, n_in))
+        if stage == 1:
+            h = x
+            if cfg.norm_mag:
+                if not opts.log_mag_outside:
+                    h = Log(name="log_mag")(h)
+                h = InstantLayerNorm(cfg.eps, name="mag_norm")(h)
+        else:
+            enc = keras.layers.Dense(cfg.encoder_size, use_bias=False, name="encoder")(x)
+            h = InstantLayerNorm(cfg.eps, name="enc_norm")(enc)
+        hcs = []
+        for k in range(cfg.layers):
+            hk, ck = LSTMStep(cfg.units, opts.clip_cell, name=f"lstm{stage}_{k}")([h, *per_layer[k]])
+            hcs.append((hk, ck))
+            h = hk
+        mask = keras.layers.Dense(n_mask, activation="sigmoid", name=f"dense{stage}")(h)
+        if stage == 1:
+            y = ops.reshape(mask, (1, 1, n_mask))
+            out_name = "mask"
+        else:
+            dec = keras.layers.Dense(cfg.block_len, use_bias=False, name="decoder")(enc * mask)
+            y = ops.reshape(dec, (1, 1, cfg.block_len))
+            out_name = "frame_out"
+        outputs = {out_name: y, **pack(hcs)}
+        model = keras.Model(inputs={data_name: x_in, **state_in}, outputs=outputs, name=f"dtln_{prefix}")
+        for name, ws in weights.arrays.items():
+            try:
+                layer = model.get_layer(name)
+            except ValueError:
+                continue
+            if name in ("encoder", "decoder"):
+                ws = [ws[0][0]]  # (1, n, m) conv kernel -> (n, m) dense kernel
+            layer.set_weights(ws)
+        io = IOSpec(
+            name=prefix,
+            inputs=tuple((n, tuple(t.shape)) for n, t in {data_name: x_in, **state_in}.items()),
+            outputs=tuple((n, tuple(t.shape)) for n, t in outputs.items()),
+            data_input=data_name, data_output=out_name,
+            states=tuple((n, f"{n}_out") for n in state_in))
+        out.append((model, io))
+    return out
+
+
+def stream_options_for(mode: str, cfg: DTLNConfig, opts: StreamOptions | None = None) -> StreamOptions:
+    """The graph changes each quantisation mode uses unless the caller overrides them."""
+    if opts is not None:
+        return opts
+    if mode in ("int8", "int16x8"):
+        return StreamOptions(split_states=True, clip_cell=8.0, frame_rms_norm=True, log_mag_outside=cfg.norm_mag)
+    return StreamOptions()
+
+
+def with_block_shift(weights: DTLNWeights, block_shift: int) -> DTLNWeights:
+    return DTLNWeights(replace(weights.config, block_shift=block_shift), weights.arrays)

@@ -1,0 +1,210 @@
+"""``python -m convert.train``: train DTLN on speech + noise folders mixed on the fly (Keras 3, CPU)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .data import RATE, MixConfig, Mixer, corpus, dev_set, find_audio, load_files, shared_data
+from .errors import ConvertError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m convert.train", description=__doc__.split(":", 1)[1].strip())
+    p.add_argument("--out", metavar="DIR", required=True, help="run folder: checkpoints, log.jsonl, best weights")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="data root with speech/{train,dev} and noise/{train,dev} (default: ../shared/data)")
+    p.add_argument("--speech", metavar="DIR", nargs="*", default=[], help="extra clean speech folders")
+    p.add_argument("--noise", metavar="DIR", nargs="*", default=[], help="extra noise folders")
+    p.add_argument("--segment", type=float, default=2.0, help="seconds per training segment (default: 2.0)")
+    p.add_argument("--batch", type=int, default=32, help="segments per step (default: 32)")
+    p.add_argument("--steps-per-epoch", type=int, default=400, help="(default: 400)")
+    p.add_argument("--epochs", type=int, default=200, help="maximum epochs (default: 200)")
+    p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (default: 1e-3)")
+    p.add_argument("--clipnorm", type=float, default=3.0, help="gradient norm clip (default: 3)")
+    p.add_argument("--lr-patience", type=int, default=3, help="epochs without dev gain before halving the LR")
+    p.add_argument("--patience", type=int, default=10, help="epochs without dev gain before stopping")
+    p.add_argument("--min-lr", type=float, default=1e-5)
+    p.add_argument("--plain", action="store_true", help="DTLN without the log-magnitude norm (default: norm)")
+    p.add_argument("--units", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads (default: 2)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--dev-count", type=int, default=128, help="fixed dev mixes of 4 s (default: 128)")
+    p.add_argument("--max-hours", type=float, default=None, help="stop after this much wall time")
+    return p
+
+
+def si_sdr_loss(clean, est):
+    """Negative scale-invariant SDR in dB, mean over the batch (zero-mean signals)."""
+    import tensorflow as tf
+
+    n = tf.minimum(tf.shape(clean)[1], tf.shape(est)[1])
+    s = clean[:, :n] - tf.reduce_mean(clean[:, :n], axis=1, keepdims=True)
+    e = est[:, :n] - tf.reduce_mean(est[:, :n], axis=1, keepdims=True)
+    alpha = tf.reduce_sum(s * e, axis=1, keepdims=True) / (tf.reduce_sum(s * s, axis=1, keepdims=True) + 1e-8)
+    target = alpha * s
+    noise = e - target
+    ratio = tf.reduce_sum(target ** 2, axis=1) / (tf.reduce_sum(noise ** 2, axis=1) + 1e-8)
+    return -tf.reduce_mean(10.0 * tf.math.log(ratio + 1e-8) / tf.math.log(10.0))
+
+
+def _segment_samples(seconds: float, block_len: int = 512, shift: int = 128) -> int:
+    """Round to block_len + k * shift so that the framed output has exactly the input's length."""
+    k = max(1, round((seconds * RATE - block_len) / shift))
+    return block_len + k * shift
+
+
+class Log:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, **rec) -> None:
+        rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **rec}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(json.dumps(rec), file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return train(args)
+    except ConvertError as exc:
+        print(f"python -m convert.train: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def train(args) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    from .dtln import DTLNConfig, DTLNWeights, build_training_model, get_model_weights, load_weights, save_weights
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = Log(out / "log.jsonl")
+    state_path = out / "state.json"
+    root = Path(args.data) if args.data else shared_data()
+    sp_files, no_files = corpus(root, "train") if root.is_dir() else ([], [])
+    sp_files += find_audio(args.speech)
+    no_files += find_audio(args.noise)
+    if not sp_files:
+        raise ConvertError(f"no training speech under {root}/speech/train or --speech")
+    t0 = time.time()
+    speech, noise = load_files(sp_files), load_files(no_files)
+    log(event="data", speech_files=len(sp_files), speech_minutes=round(sum(map(len, speech)) / RATE / 60, 1),
+        noise_files=len(no_files), noise_minutes=round(sum(map(len, noise)) / RATE / 60, 1),
+        load_seconds=round(time.time() - t0, 1))
+    dev = dev_set(root, count=args.dev_count)
+    if dev is None:
+        raise ConvertError(f"no dev speech under {root}/speech/dev: the dev set drives LR decay and early stopping")
+
+    cfg = DTLNConfig(units=args.units, norm_mag=not args.plain)
+    seg = _segment_samples(args.segment)
+    keras.utils.set_random_seed(args.seed)
+    model = build_training_model(cfg)
+    opt = keras.optimizers.Adam(learning_rate=args.lr, clipnorm=args.clipnorm)
+    opt.build(model.trainable_variables)
+    st = {"epoch": 0, "step": 0, "lr": args.lr, "best_dev": None, "bad_epochs": 0, "lr_bad_epochs": 0,
+          "seconds": 0.0, "config": vars(args)}
+    if args.resume:
+        if not state_path.exists():
+            raise ConvertError(f"--resume: {state_path} not found")
+        st = json.loads(state_path.read_text())
+        w = load_weights(str(out / "last.h5"))
+        from .dtln import set_model_weights
+
+        set_model_weights(model, w)
+        arrs = np.load(out / "optimizer.npz")
+        for v, k in zip(opt.variables, sorted(arrs.files, key=lambda s: int(s[1:]))):
+            v.assign(arrs[k])
+        opt.learning_rate.assign(st["lr"])
+        log(event="resume", epoch=st["epoch"], step=st["step"], lr=st["lr"], best_dev=st["best_dev"])
+    mixer = Mixer(speech, noise, MixConfig(segment=seg), seed=args.seed)
+
+    def batches():
+        step = st["step"]
+        while True:
+            yield mixer.batch(step * args.batch, args.batch)
+            step += 1
+
+    ds = tf.data.Dataset.from_generator(
+        batches, output_signature=(tf.TensorSpec((args.batch, seg), tf.float32),
+                                   tf.TensorSpec((args.batch, seg), tf.float32))).prefetch(2)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(noisy, clean):
+        with tf.GradientTape() as tape:
+            loss = si_sdr_loss(clean, model(noisy, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply(grads, model.trainable_variables)
+        return loss
+
+    @tf.function(reduce_retracing=True)
+    def dev_step(noisy, clean):
+        return si_sdr_loss(clean, model(noisy, training=False))
+
+    def dev_score() -> float:
+        losses = [float(dev_step(dev[0][i:i + 32], dev[1][i:i + 32])) for i in range(0, len(dev[0]), 32)]
+        return float(np.mean(losses))
+
+    stop_at = time.time() + args.max_hours * 3600 if args.max_hours else None
+    it = iter(ds)
+    while st["epoch"] < args.epochs:
+        te = time.time()
+        losses = []
+        for k in range(args.steps_per_epoch):
+            noisy, clean = next(it)
+            losses.append(float(train_step(noisy, clean)))
+            st["step"] += 1
+            if (k + 1) % 50 == 0:
+                rate = (k + 1) * args.batch * seg / RATE / (time.time() - te)
+                print(f"epoch {st['epoch'] + 1} step {k + 1}/{args.steps_per_epoch} loss {np.mean(losses[-50:]):.2f}"
+                      f" ({rate:.0f} s audio/s)", file=sys.stderr, flush=True)
+        d = dev_score()
+        st["epoch"] += 1
+        elapsed = time.time() - te
+        st["seconds"] += elapsed
+        improved = st["best_dev"] is None or d < st["best_dev"] - 0.01
+        weights = get_model_weights(model, cfg)
+        save_weights(weights, str(out / "last.h5"))
+        np.savez(out / "optimizer.npz", **{f"v{i}": v.numpy() for i, v in enumerate(opt.variables)})
+        if improved:
+            st["best_dev"], st["bad_epochs"], st["lr_bad_epochs"] = d, 0, 0
+            save_weights(weights, str(out / "best.h5"))
+        else:
+            st["bad_epochs"] += 1
+            st["lr_bad_epochs"] += 1
+            if st["lr_bad_epochs"] >= args.lr_patience and st["lr"] > args.min_lr:
+                st["lr"] = max(st["lr"] / 2, args.min_lr)
+                st["lr_bad_epochs"] = 0
+                opt.learning_rate.assign(st["lr"])
+        log(event="epoch", epoch=st["epoch"], step=st["step"], train_loss=round(float(np.mean(losses)), 3),
+            dev_si_sdr=round(-d, 3), best_dev_si_sdr=round(-st["best_dev"], 3), lr=st["lr"],
+            audio_hours=round(st["step"] * args.batch * seg / RATE / 3600, 2),
+            audio_per_s=round(args.steps_per_epoch * args.batch * seg / RATE / elapsed, 1),
+            wall_hours=round(st["seconds"] / 3600, 3))
+        state_path.write_text(json.dumps(st, indent=1))
+        if st["bad_epochs"] >= args.patience:
+            log(event="early_stop", epoch=st["epoch"])
+            break
+        if stop_at and time.time() > stop_at:
+            log(event="time_limit", epoch=st["epoch"])
+            break
+    log(event="done", best_dev_si_sdr=round(-st["best_dev"], 3), epochs=st["epoch"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

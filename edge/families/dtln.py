@@ -1,0 +1,59 @@
+"""DTLN per-block step: magnitude mask (submodel ``mask``), then a learned-basis stage (``frame``)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..bundle import MANIFEST, Bundle
+from ..errors import BundleError
+
+
+class DTLN:
+    """Two submodels in call order: ``mask`` (|X| -> mask) and ``frame`` (time frame -> frame).
+
+    Family options: ``frame_rms_norm`` (divide the ``frame`` input by its RMS, floor 1e-4, and
+    multiply the output back: exact for DTLN's scale-invariant second stage, and what integer modes
+    need); ``log_mag`` (feed log(|X| + 1e-7) instead of |X|, the log computed here in float).
+    """
+
+    SUBMODELS = ("mask", "frame")
+
+    @classmethod
+    def check(cls, bundle: Bundle) -> None:
+        names = tuple(sm.name for sm in bundle.submodels)
+        if names != cls.SUBMODELS:
+            raise BundleError(f"{bundle.path}/{MANIFEST}: dtln needs submodels {list(cls.SUBMODELS)} in that "
+                              f"order, got {list(names)}")
+        bins = bundle.block_len // 2 + 1
+        for sm, n in zip(bundle.submodels, (bins, bundle.block_len)):
+            for t in (sm.input(sm.data_input), sm.output(sm.data_output)):
+                if int(np.prod(t.shape)) != n:
+                    raise BundleError(f"{bundle.path}/{sm.file}: {t.name} has shape {list(t.shape)}, "
+                                      f"dtln with block_len {bundle.block_len} needs {n} values")
+
+    def __init__(self, bundle: Bundle, runners, irfft: Callable[[np.ndarray], np.ndarray]):
+        self._mask = runners["mask"]
+        self._frame = runners["frame"]
+        self._irfft = irfft
+        self._mask_shape = bundle.submodels[0].input(bundle.submodels[0].data_input).shape
+        self._frame_shape = bundle.submodels[1].input(bundle.submodels[1].data_input).shape
+        self._rms_norm = bool(bundle.family_options.get("frame_rms_norm", False))
+        self._log_mag = bool(bundle.family_options.get("log_mag", False))
+
+    def reset(self) -> None:
+        self._mask.reset()
+        self._frame.reset()
+
+    def step(self, spec: np.ndarray) -> np.ndarray:
+        mag = np.abs(spec).astype(np.float32)
+        if self._log_mag:
+            mag = np.log(mag + np.float32(1e-7))
+        mask = self._mask(mag.reshape(self._mask_shape))
+        frame = self._irfft(spec * mask.reshape(-1)).astype(np.float32)
+        if self._rms_norm:
+            rms = max(float(np.sqrt(np.mean(np.square(frame, dtype=np.float64)))), 1e-4)
+            out = self._frame((frame / np.float32(rms)).reshape(self._frame_shape))
+            return out.reshape(-1) * rms
+        return self._frame(frame.reshape(self._frame_shape)).reshape(-1)

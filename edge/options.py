@@ -1,0 +1,19 @@
+"""User options for a stream (threads, kernels); kept apart from the frozen bundle parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run a bundle on this device. Built by the CLI or by the caller; never by argparse here."""
+
+    num_threads: int = 1
+    """Interpreter threads per submodel. One is usually best for a single stream on a small CPU."""
+    xnnpack: bool = True
+    """Use the XNNPACK delegate (the interpreter default). Off = builtin kernels only."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_threads, int) or self.num_threads < 1:
+            raise ValueError(f"num_threads must be an int >= 1, got {self.num_threads!r}")

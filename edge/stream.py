@@ -1,0 +1,168 @@
+"""Streaming framing written once: analysis buffer, window, rfft/irfft, overlap-add, sample counters."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .errors import AudioError
+from .families import Runner, family_class
+from .options import Options
+
+
+def _windows(kind: str, block_len: int, block_shift: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(analysis, synthesis) windows; None means rectangular (no multiply)."""
+    if kind == "none":
+        return None, None
+    n = np.arange(block_len)
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * n / block_len)  # periodic
+    if kind == "hann":
+        ana, syn = hann, np.ones(block_len)
+    else:  # sqrt_hann
+        ana = syn = np.sqrt(hann)
+    # Scale synthesis so that overlap-added ana*syn sums to one (perfect reconstruction).
+    acc = np.zeros(block_shift)
+    for k in range(0, block_len, block_shift):
+        seg = (ana * syn)[k:k + block_shift]
+        acc[: len(seg)] += seg
+    syn = syn / acc.mean()
+    return ana, syn
+
+
+def check_audio(x: object, sample_rate: int, given_rate: int | None = None) -> np.ndarray:
+    """Validate one mono chunk at the boundary; return it as a float array (no copy if possible)."""
+    if given_rate is not None and given_rate != sample_rate:
+        raise AudioError(f"expected audio at {sample_rate} Hz, got {given_rate} Hz (resample it first; "
+                         "the edge-denoise command does that for files)")
+    if not isinstance(x, np.ndarray):
+        raise AudioError(f"expected a 1-D float32 numpy array at {sample_rate} Hz, got {type(x).__name__}")
+    if x.ndim != 1 or x.dtype.kind != "f":
+        raise AudioError(f"expected 1-D float32 audio in [-1, 1] at {sample_rate} Hz, got shape {x.shape} "
+                         f"dtype {x.dtype}" + (" (scale integer PCM by 1/32768 first)" if x.dtype.kind in "iu"
+                                               else ""))
+    if x.size and not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise AudioError(f"audio holds NaN or Inf (first at sample {bad}); expected finite samples in [-1, 1]")
+    return x
+
+
+class StreamingDenoiser:
+    """One denoising stream: owns its state arrays and interpreters; the bundle is shared.
+
+    ``process(x)`` takes float mono audio of any length >= 0 at ``sample_rate`` and returns the
+    samples now ready (a multiple of ``block_shift``); output sample ``k`` belongs to input sample
+    ``k - latency_samples``. ``flush()`` returns the rest and resets.
+    """
+
+    def __init__(self, bundle: Bundle | str | os.PathLike[str], options: Options | None = None,
+                 runners: Mapping[str, Runner] | None = None):
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(bundle)
+        self._bundle = bundle
+        self._options = options or Options()
+        if runners is None:
+            from .submodel import TFLiteSubmodel  # noqa: PLC0415 (interpreter imported on first stream)
+
+            runners = {sm.name: TFLiteSubmodel(bundle, sm, self._options) for sm in bundle.submodels}
+        self._family = family_class(bundle)(bundle, dict(runners), self._irfft)
+        n, s = bundle.block_len, bundle.block_shift
+        self._n, self._s = n, s
+        self._ana, self._syn = _windows(bundle.window, n, s)
+        self._inbuf = np.zeros(n)
+        self._outbuf = np.zeros(n)
+        self._fill = 0
+        self._samples_in = 0
+        self._samples_out = 0
+
+    def _irfft(self, spec: np.ndarray) -> np.ndarray:
+        return np.fft.irfft(spec, self._n)
+
+    # read-only facts ---------------------------------------------------------------------------
+    @property
+    def bundle(self) -> Bundle:
+        return self._bundle
+
+    @property
+    def sample_rate(self) -> int:
+        return self._bundle.sample_rate
+
+    @property
+    def block_shift(self) -> int:
+        return self._s
+
+    @property
+    def latency_samples(self) -> int:
+        return self._bundle.latency_samples
+
+    @property
+    def samples_in(self) -> int:
+        """Samples given to ``process`` since the last reset."""
+        return self._samples_in
+
+    # processing --------------------------------------------------------------------------------
+    def _block(self) -> np.ndarray:
+        """Run the filled analysis buffer through the model; return ``block_shift`` output samples."""
+        buf = self._inbuf if self._ana is None else self._inbuf * self._ana
+        frame = self._family.step(np.fft.rfft(buf))
+        if self._syn is not None:
+            frame = frame * self._syn
+        out = self._outbuf
+        out[:-self._s] = out[self._s:]
+        out[-self._s:] = 0.0
+        out += frame
+        self._inbuf[:-self._s] = self._inbuf[self._s:]
+        return out[: self._s]
+
+    def process(self, x: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
+        """Feed audio; return the float32 output samples that are ready now."""
+        x = check_audio(x, self.sample_rate, sample_rate)
+        n, s = self._n, self._s
+        ready = (self._fill + len(x)) // s
+        y = np.empty(ready * s, np.float32)
+        pos = o = 0
+        while pos < len(x):
+            take = min(s - self._fill, len(x) - pos)
+            start = n - s + self._fill
+            self._inbuf[start:start + take] = x[pos:pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == s:
+                y[o:o + s] = self._block()
+                o += s
+                self._fill = 0
+        self._samples_in += len(x)
+        self._samples_out += len(y)
+        return y
+
+    def flush(self) -> np.ndarray:
+        """Push out every sample still buffered (input length + latency in all), then reset."""
+        want = self._samples_in + self.latency_samples - self._samples_out
+        parts = []
+        got = 0
+        while got < want:
+            z = np.zeros(self._s - self._fill, np.float32)
+            y = self.process(z)
+            parts.append(y)
+            got += len(y)
+        self.reset()
+        return np.concatenate(parts)[:want] if parts else np.zeros(0, np.float32)
+
+    def reset(self) -> None:
+        """Zero every state and buffer: the next sample starts a new stream."""
+        self._inbuf[:] = 0.0
+        self._outbuf[:] = 0.0
+        self._fill = 0
+        self._samples_in = self._samples_out = 0
+        self._family.reset()
+
+
+def denoise(audio: np.ndarray, bundle: Bundle | str | os.PathLike[str], options: Options | None = None,
+            sample_rate: int | None = None) -> np.ndarray:
+    """Denoise a whole mono signal; returns exactly ``len(audio)`` float32 samples, delay compensated."""
+    den = StreamingDenoiser(bundle, options)
+    x = check_audio(audio, den.sample_rate, sample_rate)
+    y = np.concatenate([den.process(x), den.flush()])
+    return y[den.latency_samples: den.latency_samples + len(x)]
