@@ -168,7 +168,6 @@ def _convert_into(weights, mode, folder, name, verify_audio, verify_names, calib
         "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "family": "dtln",
         "sample_rate": 16000, "block_len": cfg.block_len, "block_shift": cfg.block_shift, "window": "none",
         "latency_samples": cfg.latency_samples,
-        "latency_ms": round(1000.0 * (cfg.block_len) / 16000.0, 2),
         "quantization": mode, "family_options": family_options, "submodels": submodels,
         "runtimes": runtimes,
         "model": {"config": asdict(cfg), "parameters": int(sum(a.size for ws in weights.arrays.values() for a in ws)),
