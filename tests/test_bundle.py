@@ -1,0 +1,129 @@
+"""Bundle loading: checksums, names, shapes and quantisation checked; one clear error per mismatch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import edge
+from edge import BundleError
+
+
+@pytest.fixture
+def copy(small_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(small_bundle, dst)
+    return dst
+
+
+def _edit(folder, fn):
+    p = folder / "manifest.json"
+    m = json.loads(p.read_text())
+    fn(m)
+    p.write_text(json.dumps(m))
+
+
+def test_loads_and_is_immutable(small_bundle):
+    b = edge.load_bundle(small_bundle)
+    assert b.family == "dtln" and len(b.sha256) == 64
+    with pytest.raises(Exception):
+        b.sample_rate = 8000
+    with pytest.raises(TypeError):
+        b.manifest["family"] = "x"
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(BundleError, match="no such bundle folder"):
+        edge.load_bundle(tmp_path / "nope")
+
+
+def test_missing_manifest(copy):
+    (copy / "manifest.json").unlink()
+    with pytest.raises(BundleError, match="manifest.json: missing"):
+        edge.load_bundle(copy)
+
+
+def test_corrupt_manifest(copy):
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        edge.load_bundle(copy)
+
+
+def test_checksum_mismatch_names_file(copy):
+    with open(copy / "mask.tflite", "r+b") as f:
+        f.seek(2000)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(BundleError, match=r"mask\.tflite: sha256 mismatch"):
+        edge.load_bundle(copy)
+
+
+def test_missing_tflite(copy):
+    (copy / "frame.tflite").unlink()
+    with pytest.raises(BundleError, match=r"frame\.tflite: cannot read"):
+        edge.load_bundle(copy)
+
+
+def test_renamed_tensor(copy):
+    _edit(copy, lambda m: m["submodels"][0]["inputs"][1].update(tensor="serving_default_renamed:0"))
+    with pytest.raises(BundleError, match=r"mask\.tflite: tensor 'serving_default_renamed:0'"):
+        edge.load_bundle(copy)
+
+
+def test_wrong_shape(copy):
+    _edit(copy, lambda m: m["submodels"][1]["inputs"][1].update(shape=[1, 2, 32, 3]))
+    with pytest.raises(BundleError, match=r"frame\.tflite: tensor 'frame_state' is float32\[1, 2, 32, 2\] in the model"):
+        edge.load_bundle(copy)
+    _edit(copy, lambda m: m["submodels"][1]["inputs"][0].update(shape=[1, 1, 256]))
+    with pytest.raises(BundleError, match=r"frame\.tflite: frame has shape \[1, 1, 256\], dtln with block_len 512"):
+        edge.load_bundle(copy)
+
+
+def test_wrong_quantisation(copy):
+    _edit(copy, lambda m: m["submodels"][0]["inputs"][0].update(scale=0.5, zero_point=3))
+    with pytest.raises(BundleError, match="quantisation is scale=0.0 zero_point=0 in the model"):
+        edge.load_bundle(copy)
+
+
+def test_unknown_family(copy):
+    _edit(copy, lambda m: m.update(family="nope"))
+    with pytest.raises(BundleError, match="unknown family 'nope'"):
+        edge.load_bundle(copy)
+
+
+def test_state_pair_must_name_listed_tensors(copy):
+    _edit(copy, lambda m: m["submodels"][0].update(states={"mask_state": "ghost_out"}))
+    with pytest.raises(BundleError, match="state pair mask_state -> ghost_out"):
+        edge.load_bundle(copy)
+
+
+def test_import_has_no_tensorflow_even_when_running(small_bundle):
+    code = ("import sys, numpy as np, edge; "
+            f"y = edge.denoise(np.zeros(1000, np.float32), {small_bundle!r}); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'convert')]; "
+            "print(len(y), bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1000 []"
+
+
+def test_missing_interpreter_names_all_three(tmp_path):
+    # A fresh process where none of the three packages can be imported.
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('ai_edge_litert', 'tflite_runtime', 'tensorflow'):\n"
+            "            raise ImportError('blocked for the test')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from edge.interpreter import interpreter_package\n"
+            "try:\n"
+            "    interpreter_package()\n"
+            "except ImportError as e:\n"
+            "    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    msg = out.stdout
+    assert "ai-edge-litert" in msg and "tflite-runtime" in msg and "tensorflow" in msg
+    assert "pip install ai-edge-litert" in msg

@@ -1,0 +1,160 @@
+"""``python -m convert``: bundles end to end on a small random DTLN, and clear errors with nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+import edge
+
+from .conftest import EXAMPLE, noise_audio, small_weights
+
+pytest.importorskip("tensorflow", reason="the converter needs TensorFlow")
+
+from convert.__main__ import main  # noqa: E402
+from convert.build import convert_dtln  # noqa: E402
+from convert.dtln import load_weights, save_weights  # noqa: E402
+from convert.errors import VerificationError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_h5(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("w") / "small.h5"
+    save_weights(small_weights(seed=2), str(path))
+    return str(path)
+
+
+def test_manifest_names_everything_the_runtime_needs(small_bundle):
+    with open(os.path.join(small_bundle, "manifest.json")) as f:
+        m = json.load(f)
+    for key in ("family", "sample_rate", "block_len", "block_shift", "window", "latency_samples", "quantization",
+                "submodels", "producer", "verification", "runtimes"):
+        assert key in m, key
+    assert [s["name"] for s in m["submodels"]] == ["mask", "frame"]
+    for sm in m["submodels"]:
+        names = {t["name"] for t in sm["inputs"]} | {t["name"] for t in sm["outputs"]}
+        for s_in, s_out in sm["states"].items():
+            assert s_out == f"{s_in}_out" and {s_in, s_out} <= names
+        assert not {"WHILE", "RFFT2D", "FFT", "VAR_HANDLE"} & set(sm["ops"])
+        for t in sm["inputs"] + sm["outputs"]:
+            assert {"tensor", "shape", "dtype", "scale", "zero_point"} <= set(t)
+    assert m["producer"]["tensorflow"].startswith("2.")
+    assert m["verification"]["passed"] is True and m["verification"]["snr_db"] >= 80
+
+
+def test_cli_round_trip_from_h5(small_h5, tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(["--weights", small_h5, "--quantize", "float16", "--output", str(out), "-q"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    b = edge.load_bundle(out)
+    assert b.quantization == "float16" and b.manifest["verification"]["snr_db"] >= 60
+    y = edge.denoise(noise_audio(0.3), b)
+    assert len(y) == 4800 and np.isfinite(y).all()
+
+
+def test_existing_output_refused_without_force(small_h5, tmp_path, capsys):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["--weights", small_h5, "--output", str(out), "-q"]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+    assert main(["--weights", small_h5, "--output", str(out), "--force", "-q"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]  # no temporary folders left
+
+
+def test_missing_weights(tmp_path, capsys):
+    assert main(["--weights", str(tmp_path / "nope.h5"), "--output", str(tmp_path / "o")]) == 2
+    assert "nope.h5: no such weights file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_corrupt_weights(tmp_path, capsys):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5 at all" * 10)
+    assert main(["--weights", str(bad), "--output", str(tmp_path / "o")]) == 2
+    assert "not a readable HDF5 weights file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_wrong_shape_names_layer_and_shape(small_h5, tmp_path, capsys):
+    bad = tmp_path / "shape.h5"
+    import shutil
+
+    shutil.copy(small_h5, bad)
+    with h5py.File(bad, "r+") as f:
+        name = "dense1/w1:0"
+        del f["dense1"][name]
+        f["dense1"].create_dataset(name, data=np.zeros(100, np.float32))
+    assert main(["--weights", str(bad), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "layer 'dense1'" in err and "(100,)" in err and "expected" in err
+
+
+def test_unknown_mode_exits_2(small_h5, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["--weights", small_h5, "--quantize", "int4", "--output", str(tmp_path / "o")])
+    assert exc.value.code == 2
+
+
+def test_unwritable_output(small_h5, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["--weights", small_h5, "--output", str(blocker / "sub" / "b")]) == 2
+    assert "cannot write the bundle there" in capsys.readouterr().err
+
+
+def test_failed_verification_leaves_nothing(tmp_path):
+    with pytest.raises(VerificationError, match="misses its tolerance"):
+        convert_dtln(small_weights(), "dynamic", str(tmp_path / "b"), verify_audio=[noise_audio()],
+                     verify_names=["noise"], tolerance_db=500.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_of_an_unprepared_model_is_refused_with_alternatives(tmp_path, capsys):
+    path = tmp_path / "w.h5"
+    save_weights(small_weights(seed=7), str(path))
+    code = main(["--weights", str(path), "--quantize", "int8", "--output", str(tmp_path / "b"),
+                 "--verify-audio", str(EXAMPLE), "--calib-audio", str(EXAMPLE)])
+    err = capsys.readouterr().err
+    if code == 0:  # a random model may happen to quantise well: then the figure must really be met
+        assert edge.load_bundle(tmp_path / "b").manifest["verification"]["snr_db"] >= 25
+    else:
+        assert code == 1 and "--quantize dynamic" in err and "int16x8" in err
+        assert not (tmp_path / "b").exists()
+
+
+def test_int8_bundle_carries_int8_through_fully_connected(tmp_path):
+    """'int8' must never silently mean dynamic range: every FULLY_CONNECTED runs on int8 tensors."""
+    from convert.export import to_tflite
+    from convert.dtln import StreamOptions, build_streaming_models
+    from edge.interpreter import make_interpreter
+
+    w = small_weights(seed=3)
+    (model, io), _ = build_streaming_models(w, StreamOptions(split_states=True, clip_cell=8.0))
+    rng = np.random.default_rng(0)
+    calib = [{n: (rng.random(s) * (3 if n == "mag" else 1)).astype(np.float32) for n, s in io.inputs}
+             for _ in range(20)]
+    content = to_tflite(model, io.inputs, "int8", lambda: iter(calib))
+    it = make_interpreter(content)
+    details = {d["index"]: d for d in it.get_tensor_details()}
+    fcs = [op for op in it._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]  # noqa: SLF001
+    assert fcs
+    for op in fcs:
+        for t in list(op["inputs"][:2]) + list(op["outputs"]):
+            assert details[t]["dtype"] == np.int8, (op, details[t]["name"], details[t]["dtype"])
+
+
+def test_weights_round_trip(tmp_path):
+    w = small_weights(seed=5)
+    save_weights(w, str(tmp_path / "w.h5"))
+    back = load_weights(str(tmp_path / "w.h5"))
+    assert back.config == w.config
+    for k, ws in w.arrays.items():
+        for a, b in zip(ws, back.arrays[k]):
+            np.testing.assert_array_equal(a, b)
