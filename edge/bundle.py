@@ -199,7 +199,13 @@ def check_interpreter(bundle: Bundle, sm: SubmodelSpec, interp: Any = None) -> d
         try:
             interp = make_interpreter(sm.content)
         except (ValueError, RuntimeError) as exc:
-            raise BundleError(f"{fpath}: the interpreter cannot load it ({exc})") from None
+            from .interpreter import interpreter_package  # noqa: PLC0415
+
+            pkg = interpreter_package()
+            needs = bundle.manifest.get("runtimes")
+            hint = f"; the manifest says it runs on: {', '.join(needs)}" if needs else ""
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise BundleError(f"{fpath}: {pkg.name} {pkg.version} cannot load it ({first}){hint}") from None
     found = {d["name"]: d for d in interp.get_input_details()}
     found.update({d["name"]: d for d in interp.get_output_details()})
     index = {}
