@@ -1,0 +1,80 @@
+"""``python -m convert.release``: weights -> every bundle that passes verification + eval scores, in one folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .errors import ConvertError, VerificationError
+from .export import MODES
+
+FOLDER = {"none": "float32", "float16": "float16", "dynamic": "dynamic", "int8": "int8", "int16x8": "int16x8"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m convert.release", description=__doc__.split(":", 1)[1].strip())
+    p.add_argument("--weights", required=True, metavar="FILE", help="DTLN h5 to ship")
+    p.add_argument("--out", required=True, metavar="DIR", help="e.g. pretrained_model/dtln-16k")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--vbd", metavar="DIR", default=None,
+                   help="VoiceBank-DEMAND test folder with clean/ and noisy/ (default: ../shared/data/test/vbd_test)")
+    p.add_argument("--devmix", metavar="DIR", default=None, help="dev mixes from python -m convert.devset")
+    p.add_argument("--name", default="dtln-16k")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from edge.evaluate import evaluate, _pairs
+    from edge.options import Options
+
+    from . import build, data
+    from .dtln import load_weights
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights_path = out / "dtln_weights.h5"
+    if Path(args.weights).resolve() != weights_path.resolve():
+        shutil.copyfile(args.weights, weights_path)
+    weights = load_weights(str(weights_path))
+    examples = build.example_files()
+    verify = data.load_files(examples)
+    calib = data.dev_mixes()
+    vbd = Path(args.vbd) if args.vbd else data.shared_data() / "test" / "vbd_test"
+    results: dict = {"weights": weights_path.name, "modes": {}, "scored": time.strftime("%Y-%m-%d")}
+    for mode in args.modes:
+        folder = out / FOLDER[mode]
+        try:
+            bundle = build.convert_dtln(weights, mode, str(folder), force=True, name=f"{args.name}-{FOLDER[mode]}",
+                                        verify_audio=verify, verify_names=[e.name for e in examples],
+                                        calib_audio=calib or None, source=weights_path.name, progress=build.TERMINAL)
+        except VerificationError as exc:
+            print(f"{mode}: not shipped: {exc}", file=sys.stderr)
+            results["modes"][mode] = {"shipped": False, "why": str(exc)}
+            if folder.exists():
+                shutil.rmtree(folder)
+            continue
+        entry = {"shipped": True, "folder": folder.name, "verification": bundle.manifest["verification"],
+                 "bytes": sum(s["bytes"] for s in bundle.manifest["submodels"])}
+        for label, root in (("vbd23", vbd), ("devmix", Path(args.devmix) if args.devmix else None)):
+            if root is None or not (root / "clean").is_dir():
+                continue
+            r = evaluate(bundle, Options(), _pairs(str(root / "clean"), str(root / "noisy")))
+            entry[label] = {"means": r["means"], "files": r["files"], "real_time_factor": r["real_time_factor"]}
+            print(f"{mode} {label}: PESQ {r['means']['pesq_wb']:.3f} STOI {r['means']['stoi']:.3f} "
+                  f"SI-SDR {r['means']['si_sdr']:.2f}", file=sys.stderr)
+        results["modes"][mode] = entry
+    with open(out / "scores.json", "w") as f:
+        json.dump(results, f, indent=1)
+        f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ConvertError as exc:
+        print(f"python -m convert.release: error: {exc}", file=sys.stderr)
+        sys.exit(2)
