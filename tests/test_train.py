@@ -1,0 +1,92 @@
+"""Training: the mixer is deterministic, a run is reproducible from its seed, and --resume continues."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from .conftest import EXAMPLE
+
+pytest.importorskip("tensorflow", reason="training needs TensorFlow")
+
+from convert.data import MixConfig, Mixer, synthetic_noise  # noqa: E402
+
+
+def _rms_db(x):
+    return 20 * np.log10(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
+
+
+def test_mixer_is_deterministic_and_respects_ranges():
+    rng = np.random.default_rng(0)
+    speech = [rng.standard_normal(40000).astype(np.float32) * 0.1 for _ in range(3)]
+    noise = [rng.standard_normal(30000).astype(np.float32) for _ in range(2)]
+    cfg = MixConfig(segment=16000, second_noise_prob=0.0)
+    a, b = Mixer(speech, noise, cfg, seed=3), Mixer(speech, noise, cfg, seed=3)
+    for i in (0, 5, 99):
+        (na, ca), (nb, cb) = a.mix(i), b.mix(i)
+        np.testing.assert_array_equal(na, nb)
+        np.testing.assert_array_equal(ca, cb)
+        snr = _rms_db(ca) - _rms_db(na - ca)
+        peak_limited = np.max(np.abs(na)) >= 0.98
+        assert -5.01 <= snr <= 25.01
+        assert peak_limited or -35.01 <= _rms_db(ca) <= -14.99
+    assert not np.array_equal(Mixer(speech, noise, cfg, seed=4).mix(0)[0], a.mix(0)[0])
+
+
+def test_synthetic_noises_are_finite_and_unit_rms():
+    for seed in range(10):
+        x = synthetic_noise(np.random.default_rng(seed), 8000)
+        assert np.isfinite(x).all() and abs(_rms_db(x)) < 0.1
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    clean, sr = sf.read(EXAMPLE.parent / "p232_013_clean.wav", dtype="float32")
+    rng = np.random.default_rng(0)
+    for split in ("train", "dev"):
+        (root / "speech" / split).mkdir(parents=True)
+        (root / "noise" / split / "synthetic").mkdir(parents=True)
+        sf.write(root / "speech" / split / "a.wav", clean, sr)
+        sf.write(root / "speech" / split / "b.flac", clean[::-1].copy(), sr)
+        sf.write(root / "noise" / split / "synthetic" / "n.wav", rng.standard_normal(40000).astype("float32") * 0.1,
+                 sr)
+    return root
+
+
+def _train(tiny_data, out, *extra):
+    from convert.train import main
+
+    args = ["--out", str(out), "--data", str(tiny_data), "--units", "16", "--batch", "2", "--segment", "0.5",
+            "--steps-per-epoch", "3", "--dev-count", "4", "--threads", "1", "--seed", "7", *extra]
+    assert main(args) == 0
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_same_seed_same_dev_score_and_resume_continues(tiny_data, tmp_path):
+    a = _train(tiny_data, tmp_path / "a", "--epochs", "2")
+    b = _train(tiny_data, tmp_path / "b", "--epochs", "2")
+    dev_a = [r["dev_si_sdr"] for r in a if r["event"] == "epoch"]
+    dev_b = [r["dev_si_sdr"] for r in b if r["event"] == "epoch"]
+    assert len(dev_a) == 2
+    np.testing.assert_allclose(dev_a, dev_b, atol=0.05)
+    assert (tmp_path / "a" / "best.h5").exists() and (tmp_path / "a" / "optimizer.npz").exists()
+
+    c = _train(tiny_data, tmp_path / "c", "--epochs", "1")
+    c = _train(tiny_data, tmp_path / "c", "--epochs", "2", "--resume")
+    resumed = [r for r in c if r["event"] == "resume"]
+    assert resumed and resumed[0]["epoch"] == 1 and resumed[0]["step"] == 3
+    epochs = [r for r in c if r["event"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and epochs[-1]["step"] == 6
+    # the resumed run lands where the uninterrupted one did (dropout draws differ a little)
+    assert abs(epochs[-1]["dev_si_sdr"] - dev_a[-1]) < 1.0
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_data, tmp_path, capsys):
+    from convert.train import main
+
+    assert main(["--out", str(tmp_path / "none"), "--data", str(tiny_data), "--resume"]) == 2
+    assert "state.json not found" in capsys.readouterr().err
