@@ -243,13 +243,34 @@ def _feed(audio: np.ndarray, sr: int, rate: int, n: int) -> np.ndarray:
     return np.resize(x, n).astype(np.float32)
 
 
+def schedule(streams: Sequence[tuple[int, int, int]], turn_seconds: float = 1.0) -> list[tuple[int, int]]:
+    """Turns ``(stream, block)`` for streams given as ``(block_shift, sample_rate, blocks)``.
+
+    Streams take turns every ``turn_seconds`` of audio (0: every block), ordered by the audio time a
+    block starts at, so bundles with other block shifts stay in step; the first stream of each turn
+    rotates, so none always runs right after another. Whole-second turns keep a stream's weights as warm
+    in the caches as when it runs alone, and still share slow machine noise fairly.
+    """
+    n = len(streams)
+    order = []
+    for j, (shift, rate, blocks) in enumerate(streams):
+        for k in range(blocks):
+            t = k * shift / rate
+            if turn_seconds > 0:
+                turn = int(t // turn_seconds)
+                order.append((turn, (j - turn) % n, t, j, k))
+            else:
+                order.append((t, (j - k) % n, t, j, k))
+    return [(j, k) for *_, j, k in sorted(order)]
+
+
 def measure(bundles: Sequence[Bundle], options: Options, seconds: float, warmup: int,
-            audio: np.ndarray, audio_rate: int) -> list[dict[str, Any]]:
+            audio: np.ndarray, audio_rate: int, turn_seconds: float = 1.0) -> list[dict[str, Any]]:
     """Run every bundle over ``seconds`` of audio after ``warmup`` blocks; return one record per bundle.
 
     Each bundle runs twice side by side: a TimedDenoiser (the stages) and a plain StreamingDenoiser
     (the real cost, no timers inside: RTF, budget share and deadline misses come from it). All streams
-    take turns block by block, the first stream rotating, so machine noise hits every one alike.
+    take turns (see ``schedule``), so machine noise hits every one alike.
     """
     streams = []  # (bundle index, timed?, denoiser, input, block count)
     for b, bundle in enumerate(bundles):
@@ -257,14 +278,13 @@ def measure(bundles: Sequence[Bundle], options: Options, seconds: float, warmup:
         x = _feed(audio, audio_rate, bundle.sample_rate, (warmup + blocks) * bundle.block_shift)
         streams.append((b, True, TimedDenoiser(bundle, options), x, blocks))
         streams.append((b, False, StreamingDenoiser(bundle, options), x, blocks))
-    # Schedule by audio time, so bundles with other block shifts stay in step; rotate who goes first.
-    order = sorted(((k * streams[j][2].block_shift / streams[j][2].sample_rate, (j - k) % len(streams), j, k)
-                    for j in range(len(streams)) for k in range(warmup + streams[j][4])))
+    order = schedule([(den.block_shift, den.sample_rate, warmup + n) for _, _, den, _, n in streams],
+                     turn_seconds)
     n_stages = {j: len(stage_names(bundles[streams[j][0]])) for j in range(len(streams))}
     times = {j: np.zeros((streams[j][4], n_stages[j] if streams[j][1] else 1), np.int64)
              for j in range(len(streams))}
     t_start = time.perf_counter()
-    for _, _, j, k in order:
+    for j, k in order:
         _, timed, den, x, _ = streams[j]
         s = den.block_shift
         chunk = x[k * s:(k + 1) * s]
@@ -313,16 +333,18 @@ def measure(bundles: Sequence[Bundle], options: Options, seconds: float, warmup:
 
 def profile(models: Sequence[str], options: Options, seconds: float = 20.0, warmup: int = 100,
             audio: str | None = None, noise: bool = False, label: str | None = None,
-            command: str | None = None) -> dict[str, Any]:
+            command: str | None = None, turn_seconds: float = 1.0) -> dict[str, Any]:
     """Measure bundles interleaved on this device; return the JSON-ready profile."""
     if seconds <= 0:
         raise EdgeError(f"--seconds must be > 0, got {seconds}")
     if warmup < 0:
         raise EdgeError(f"--warmup must be >= 0 blocks, got {warmup}")
+    if turn_seconds < 0:
+        raise EdgeError(f"--interleave must be >= 0 seconds, got {turn_seconds}")
     bundles = [load_bundle(m) for m in models]
     x, sr, audio_desc = load_audio(audio, noise)
     device = device_facts(options, label)
-    records = measure(bundles, options, seconds, warmup, x, sr)
+    records = measure(bundles, options, seconds, warmup, x, sr, turn_seconds)
     device["temperature_c_after"] = temperatures() or None
     device["load_average_after"] = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     return {
@@ -333,7 +355,9 @@ def profile(models: Sequence[str], options: Options, seconds: float = 20.0, warm
         "device": device,
         "settings": {"seconds": seconds, "warmup_blocks": warmup, "threads": options.num_threads,
                      "xnnpack": options.xnnpack, "audio": audio_desc,
-                     "interleave": "round robin, one block per process() call, first stream rotating",
+                     "interleave": (f"round robin, turns of {turn_seconds:g} s of audio" if turn_seconds else
+                                    "round robin, turns of one block") + ", first stream rotating",
+                     "calls": "process() with one block shift of audio per call",
                      "clock": "time.perf_counter_ns"},
         "bundles": records,
     }
@@ -407,13 +431,14 @@ def render_markdown(profiles: Sequence[dict[str, Any]]) -> str:
                    f"{r['sha']}) | {r['p50']:.3f} | {r['p99']:.3f} | {r['rtf']:.4f} | {100 * r['budget_p99']:.2f}% "
                    f"of {r['budget_ms']:.3g} ms | {r['misses']} / {r['blocks']} |")
     out.append("")
-    out.append("Block times are whole `process()` calls of one block shift each, after warm-up, bundles "
-               "interleaved block by block in one process. Produced by:")
+    out.append("Block times are whole `process()` calls of one block shift each, without the per-stage timers, "
+               "after warm-up; the bundles of one file ran interleaved in one process. Produced by:")
     out.append("")
     for prof in profiles:
         dev = prof["device"]
         out.append(f"- {dev['label']}, {dev['os']}, Python {dev['python']}, numpy {dev['numpy']}, "
-                   f"{prof['created']}: `{prof.get('command') or 'edge-denoise profile'}`")
+                   f"{prof['settings']['interleave']}, {prof['created']}: "
+                   f"`{prof.get('command') or 'edge-denoise profile'}`")
     return "\n".join(out) + "\n"
 
 
@@ -432,7 +457,8 @@ def render_png(profiles: Sequence[dict[str, Any]], path: str) -> None:
     ax.barh(y + 0.2, [r["p99"] for r in rows], height=0.4, label="p99")
     for budget in sorted({r["budget_ms"] for r in rows}):
         ax.axvline(budget, color="k", linestyle="--", linewidth=1)
-        ax.text(budget, len(rows) - 0.5, f" deadline {budget:.3g} ms", va="top", fontsize=8)
+        ax.text(budget, 0.98, f"deadline {budget:.3g} ms ", ha="right", va="top", fontsize=8,
+                transform=ax.get_xaxis_transform())
     ax.set_xscale("log")
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
@@ -459,6 +485,9 @@ def register(sub) -> None:
                    help="audio measured per bundle after warm-up, seconds (default: 20)")
     p.add_argument("--warmup", type=int, default=100, metavar="BLOCKS",
                    help="blocks each stream runs before timing starts (default: 100)")
+    p.add_argument("--interleave", type=float, default=1.0, metavar="SECONDS",
+                   help="audio each stream runs per turn, seconds; 0 = one block per turn, which also measures "
+                        "cold caches (default: 1)")
     p.add_argument("--threads", type=int, default=1, help="interpreter threads per stream (default: 1)")
     p.add_argument("--xnnpack", action=argparse.BooleanOptionalAction, default=True,
                    help="use the XNNPACK delegate (default: on)")
@@ -482,7 +511,8 @@ def _command(args, models: Sequence[str]) -> str:
     parts = ["edge-denoise", "profile"]
     for m in models:
         parts += ["--model", m]
-    parts += ["--seconds", f"{args.seconds:g}", "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    parts += ["--seconds", f"{args.seconds:g}", "--warmup", str(args.warmup), "--interleave", f"{args.interleave:g}",
+              "--threads", str(args.threads)]
     if not args.xnnpack:
         parts.append("--no-xnnpack")
     if args.noise:
@@ -538,7 +568,7 @@ def run(args) -> int:
         models = [default_model()]
     options = Options(num_threads=args.threads, xnnpack=args.xnnpack)
     prof = profile(models, options, args.seconds, args.warmup, args.audio, args.noise, args.label,
-                   _command(args, models))
+                   _command(args, models), args.interleave)
     if args.json:
         _write(args.json, json.dumps(prof, indent=1) + "\n")
     if not args.quiet:

@@ -1,0 +1,81 @@
+"""Shared by the bench scripts: paths, our bundles of the published DTLN weights, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+SHARED = Path(os.environ.get("EDGE_SHARED", REPO.parent / "shared"))
+REFERENCE = SHARED / "reference" / "dtln" / "pretrained_model"
+EXAMPLE = REPO / "examples" / "p232_013_noisy.wav"
+WORK = Path(os.environ.get("EDGE_BENCH_WORK", "/tmp/edge-bench"))
+"""Where converted bundles and generated audio live between runs (not committed)."""
+MODES = {"float32": "none", "dynamic": "dynamic"}
+"""Bundle suffix -> ``python -m convert --quantize`` mode."""
+
+if str(REPO) not in sys.path:  # run as `python bench/x.py` from a checkout: use this checkout's edge
+    sys.path.insert(0, str(REPO))
+
+
+def skip(message: str) -> None:
+    """Leave visibly without a result: an absent optional asset is not a pass."""
+    print(f"{Path(sys.argv[0]).name}: SKIPPED: {message}", file=sys.stderr)
+    sys.exit(0)
+
+
+def published_bundles(modes: Sequence[str] = ("float32", "dynamic"), work: Path = WORK) -> dict[str, str]:
+    """Our bundles of the published ``model.h5``: suffix -> folder, converted once into ``work``."""
+    weights = REFERENCE / "model.h5"
+    if not weights.is_file():
+        skip(f"the published DTLN weights are not at {weights} (set EDGE_SHARED to the shared folder)")
+    out = {}
+    for suffix in modes:
+        folder = work / f"dtln-{suffix}"
+        manifest = folder / "manifest.json"
+        if manifest.is_file():
+            m = json.loads(manifest.read_text())
+            if m.get("quantization") == MODES[suffix] and m.get("model", {}).get("source") == weights.name:
+                out[suffix] = str(folder)
+                continue
+        cmd = [sys.executable, "-m", "convert", "--weights", str(weights), "--quantize", MODES[suffix],
+               "--output", str(folder), "--force", "--quiet"]
+        print("building", " ".join(cmd), file=sys.stderr, flush=True)
+        subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        out[suffix] = str(folder)
+    return out
+
+
+def summary(values: Sequence[float], digits: int = 6) -> dict[str, float]:
+    """median, min, max and count of repeated measurements."""
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits), "n": len(values)}
+
+
+def command_line() -> str:
+    return " ".join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+
+
+def device() -> dict[str, Any]:
+    from edge.options import Options
+    from edge.profile import device_facts
+
+    return device_facts(Options(num_threads=1))
+
+
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    """bench/results/NAME.json with the envelope every bench result shares."""
+    doc = {"bench": name, "schema_version": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "command": command_line(), "device": device(), **payload}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {os.path.relpath(path, REPO)}", file=sys.stderr)
+    return path
