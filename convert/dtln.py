@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import h5py
 import numpy as np
@@ -32,6 +32,12 @@ class DTLNConfig:
     dropout: float = 0.25
     eps: float = 1e-7
     """Instant layer norm epsilon."""
+    gate_clip: float | None = None
+    """Trained with LSTM gate pre-activations clipped to +-this (part of the model: every graph clips)."""
+    cell_clip: float | None = None
+    """Trained with the LSTM cell state clipped to +-this."""
+    qat: bool = False
+    """Trained (fine-tuned) with int8 fake quantisation of gate pre-activations, cell and hidden state."""
 
     @property
     def bins(self) -> int:
@@ -50,6 +56,8 @@ class StreamOptions:
     """One (1, units) tensor per h and per c instead of one packed (1, layers, units, 2) tensor."""
     clip_cell: float | None = None
     """Clip the LSTM cell state to +-this value (integer modes need a bounded c)."""
+    clip_gates: float | None = None
+    """Clip the gate pre-activations to +-this value (a model trained with ``gate_clip`` needs it)."""
     frame_rms_norm: bool = False
     """Stage 2 gets its frame divided by its RMS (done by the runtime); the graph is unchanged."""
     log_mag_outside: bool = False
@@ -143,6 +151,9 @@ def load_weights(path: str, block_shift: int = 128) -> DTLNWeights:
                          encoder_size=enc.shape[2], norm_mag=norm_mag)
     except (IndexError, StopIteration):
         raise WeightsError(f"{path}: layer layout {[ln for ln, _ in layers]} is not a DTLN") from None
+    extra = _read_h5_config(path)
+    if extra:
+        cfg = replace(cfg, **{k: v for k, v in extra.items() if k in ("gate_clip", "cell_clip", "qat", "eps")})
     expected = layer_shapes(cfg)
     if len(expected) != len(layers):
         raise WeightsError(f"{path}: {len(layers)} weighted layers, a DTLN with {n_lstm} LSTM layers per stage "
@@ -156,9 +167,22 @@ def load_weights(path: str, block_shift: int = 128) -> DTLNWeights:
     return DTLNWeights(cfg, arrays)
 
 
+def _read_h5_config(path: str) -> dict:
+    import json
+
+    with h5py.File(path, "r") as f:
+        raw = f.attrs.get("dtln_config")
+    if raw is None:
+        return {}
+    return json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+
+
 def save_weights(weights: DTLNWeights, path: str) -> None:
     """Write weights in the published h5 layout (readable by ``load_weights`` and by the DTLN code)."""
+    import json
+
     with h5py.File(path, "w") as f:
+        f.attrs["dtln_config"] = json.dumps(asdict(weights.config)).encode()
         names = [n for n, _ in layer_shapes(weights.config)]
         f.attrs["layer_names"] = np.array([n.encode() for n in names])
         f.attrs["backend"] = b"tensorflow"
@@ -210,10 +234,11 @@ def _layers():
     class LSTMStep(keras.layers.Layer):
         """One LSTM time step with explicit state, Keras gate order (i, f, c, o)."""
 
-        def __init__(self, units, clip_cell=None, **kw):
+        def __init__(self, units, clip_cell=None, clip_gates=None, **kw):
             super().__init__(**kw)
             self.units = units
             self.clip_cell = clip_cell
+            self.clip_gates = clip_gates
 
         def build(self, shapes):
             n_in = shapes[0][-1]
@@ -224,12 +249,48 @@ def _layers():
         def call(self, inputs):
             x, h, c = inputs
             z = ops.matmul(x, self.kernel) + ops.matmul(h, self.recurrent_kernel) + self.bias
+            if self.clip_gates is not None:
+                z = ops.clip(z, -self.clip_gates, self.clip_gates)
             i, f, g, o = ops.split(z, 4, axis=-1)
             c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
             if self.clip_cell is not None:
                 c = ops.clip(c, -self.clip_cell, self.clip_cell)
             h = ops.sigmoid(o) * ops.tanh(c)
             return h, c
+
+    class QLSTMCell(keras.layers.Layer):
+        """Training-time LSTM cell with clipped, int8 fake-quantised pre-activations, cell and hidden state."""
+
+        def __init__(self, units, gate_clip, cell_clip, fake_quant=True, **kw):
+            super().__init__(**kw)
+            self.units = units
+            self.gate_clip, self.cell_clip, self.fake_quant = gate_clip, cell_clip, fake_quant
+            self.state_size = [units, units]
+            self.output_size = units
+
+        def build(self, shape):
+            self.kernel = self.add_weight(shape=(shape[-1], 4 * self.units), name="kernel",
+                                          initializer="glorot_uniform")
+            self.recurrent_kernel = self.add_weight(shape=(self.units, 4 * self.units), name="recurrent_kernel",
+                                                    initializer="orthogonal")
+            self.bias = self.add_weight(shape=(4 * self.units,), name="bias", initializer="zeros")
+
+        def _fq(self, x, bound):
+            if not self.fake_quant:
+                return x
+            import tensorflow as tf
+
+            return tf.quantization.fake_quant_with_min_max_args(x, -bound, bound * 127 / 128, num_bits=8)
+
+        def call(self, x, states, training=None):
+            h, c = states
+            z = ops.matmul(x, self.kernel) + ops.matmul(h, self.recurrent_kernel) + self.bias
+            z = self._fq(ops.clip(z, -self.gate_clip, self.gate_clip), self.gate_clip)
+            i, f, g, o = ops.split(z, 4, axis=-1)
+            c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
+            c = self._fq(ops.clip(c, -self.cell_clip, self.cell_clip), self.cell_clip)
+            h = self._fq(ops.sigmoid(o) * ops.tanh(c), 1.0)
+            return h, [h, c]
 
     class STFT(keras.layers.Layer):
         """(batch, samples) -> magnitude and phase (batch, frames, bins); no padding, like DTLN."""
@@ -272,14 +333,14 @@ def _layers():
         def call(self, x):
             return ops.log(x + 1e-7)
 
-    return InstantLayerNorm, LSTMStep, STFT, ISTFTFrames, OverlapAdd, Log
+    return InstantLayerNorm, LSTMStep, STFT, ISTFTFrames, OverlapAdd, Log, QLSTMCell
 
 
 def build_training_model(cfg: DTLNConfig, weights: DTLNWeights | None = None):
     """Whole-utterance DTLN: (batch, samples) -> (batch, samples'), samples' = framed length."""
     keras = _keras()
     L = keras.layers
-    InstantLayerNorm, _, STFT, ISTFTFrames, OverlapAdd, Log = _layers()
+    InstantLayerNorm, _, STFT, ISTFTFrames, OverlapAdd, Log, QLSTMCell = _layers()
     x = keras.Input(shape=(None,), name="audio")
     mag, phase = STFT(cfg.block_len, cfg.block_shift, name="stft")(x)
     h = mag
@@ -288,7 +349,11 @@ def build_training_model(cfg: DTLNConfig, weights: DTLNWeights | None = None):
 
     def core(h, stage, n_out):
         for k in range(cfg.layers):
-            h = L.LSTM(cfg.units, return_sequences=True, name=f"lstm{stage}_{k}")(h)
+            if cfg.gate_clip is not None or cfg.qat:
+                cell = QLSTMCell(cfg.units, cfg.gate_clip or 1e4, cfg.cell_clip or 1e4, fake_quant=cfg.qat)
+                h = L.RNN(cell, return_sequences=True, name=f"lstm{stage}_{k}")(h)
+            else:
+                h = L.LSTM(cfg.units, return_sequences=True, name=f"lstm{stage}_{k}")(h)
             if k < cfg.layers - 1:
                 h = L.Dropout(cfg.dropout, name=f"dropout{stage}_{k}")(h)
         return L.Dense(n_out, activation="sigmoid", name=f"dense{stage}")(h)
@@ -356,7 +421,7 @@ def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOpt
     keras = _keras()
     ops = keras.ops
     cfg = weights.config
-    InstantLayerNorm, LSTMStep, _, _, _, Log = _layers()
+    InstantLayerNorm, LSTMStep, _, _, _, Log, _ = _layers()
     out = []
     for stage, prefix, n_in, n_mask in ((1, "mask", cfg.bins, cfg.bins),
                                         (2, "frame", cfg.block_len, cfg.encoder_size)):
@@ -375,7 +440,7 @@ def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOpt
             h = InstantLayerNorm(cfg.eps, name="enc_norm")(enc)
         hcs = []
         for k in range(cfg.layers):
-            hk, ck = LSTMStep(cfg.units, opts.clip_cell, name=f"lstm{stage}_{k}")([h, *per_layer[k]])
+            hk, ck = LSTMStep(cfg.units, opts.clip_cell, opts.clip_gates, name=f"lstm{stage}_{k}")([h, *per_layer[k]])
             hcs.append((hk, ck))
             h = hk
         mask = keras.layers.Dense(n_mask, activation="sigmoid", name=f"dense{stage}")(h)
@@ -411,8 +476,10 @@ def stream_options_for(mode: str, cfg: DTLNConfig, opts: StreamOptions | None = 
     if opts is not None:
         return opts
     if mode in ("int8", "int16x8"):
-        return StreamOptions(split_states=True, clip_cell=8.0, frame_rms_norm=True, log_mag_outside=cfg.norm_mag)
-    return StreamOptions()
+        return StreamOptions(split_states=True, clip_cell=cfg.cell_clip or 8.0, clip_gates=cfg.gate_clip,
+                             frame_rms_norm=True, log_mag_outside=cfg.norm_mag)
+    # A model trained with clipping keeps it in every mode (it is part of the model).
+    return StreamOptions(clip_cell=cfg.cell_clip, clip_gates=cfg.gate_clip)
 
 
 def with_block_shift(weights: DTLNWeights, block_shift: int) -> DTLNWeights:

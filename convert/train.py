@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--dev-count", type=int, default=128, help="fixed dev mixes of 4 s (default: 128)")
     p.add_argument("--max-hours", type=float, default=None, help="stop after this much wall time")
+    p.add_argument("--init", metavar="FILE", default=None,
+                   help="start from these DTLN weights (fine-tuning); the architecture is read from the file")
+    p.add_argument("--qat", action="store_true",
+                   help="quantisation-aware fine-tuning for full int8: gate pre-activations clipped to "
+                        "--gate-clip, cell state to --cell-clip, both and h int8 fake-quantised")
+    p.add_argument("--gate-clip", type=float, default=8.0, help="with --qat (default: 8)")
+    p.add_argument("--cell-clip", type=float, default=8.0, help="with --qat (default: 8)")
     return p
 
 
@@ -113,10 +120,15 @@ def train(args) -> int:
     if dev is None:
         raise ConvertError(f"no dev speech under {root}/speech/dev: the dev set drives LR decay and early stopping")
 
-    cfg = DTLNConfig(units=args.units, norm_mag=not args.plain)
+    from dataclasses import replace
+
+    init = load_weights(args.init) if args.init else None
+    cfg = init.config if init else DTLNConfig(units=args.units, norm_mag=not args.plain)
+    if args.qat:
+        cfg = replace(cfg, qat=True, gate_clip=args.gate_clip, cell_clip=args.cell_clip)
     seg = _segment_samples(args.segment)
     keras.utils.set_random_seed(args.seed)
-    model = build_training_model(cfg)
+    model = build_training_model(cfg, DTLNWeights(cfg, init.arrays) if init else None)
     opt = keras.optimizers.Adam(learning_rate=args.lr, clipnorm=args.clipnorm)
     opt.build(model.trainable_variables)
     st = {"epoch": 0, "step": 0, "lr": args.lr, "best_dev": None, "bad_epochs": 0, "lr_bad_epochs": 0,
