@@ -1,4 +1,4 @@
-"""``python -m convert``: a DTLN checkpoint -> a verified tflite bundle in one quantisation mode."""
+"""``python -m convert``: a DTLN or PoCoNet checkpoint -> a verified tflite bundle in one quantisation mode."""
 
 from __future__ import annotations
 
@@ -9,20 +9,27 @@ import sys
 from .errors import ConvertError, VerificationError
 from .export import MODES
 
+FAMILIES = ("dtln", "poconet")
+
 
 def build_parser() -> argparse.ArgumentParser:
     from .build import default_paths
 
     p = argparse.ArgumentParser(
         prog="python -m convert",
-        description="Convert a DTLN checkpoint (h5) into a verified, FFT-free tflite bundle for edge-denoise.")
+        description="Convert a DTLN or PoCoNet checkpoint (h5) into a verified, FFT-free tflite bundle for "
+                    "edge-denoise.")
+    p.add_argument("--family", choices=FAMILIES, default="dtln",
+                   help="model family of the weights: dtln, or poconet (our causal U-Net; default: dtln)")
     p.add_argument("--weights", metavar="FILE", default=None,
-                   help=f"DTLN weights (.h5: published or ours; default: the shipped {default_paths()['weights'].name})")
+                   help=f"weights (.h5; dtln: published or ours; poconet: written by python -m convert.train "
+                        f"--family poconet; default: the shipped {default_paths()['weights'].name} or "
+                        f"{default_paths()['poconet_weights'].name})")
     p.add_argument("--quantize", choices=MODES, default="none",
                    help="none = float32 (the reference); float16; dynamic = int8 weights; int8 = full integer; "
                         "int16x8 = int16 activations, int8 weights (default: none)")
     p.add_argument("--output", "-o", metavar="DIR", default=None,
-                   help="bundle folder to write (default: bundles/dtln-16k-MODE)")
+                   help="bundle folder to write (default: bundles/FAMILY-16k-MODE)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--name", default=None, help="bundle name in the manifest (default: the folder name)")
     p.add_argument("--verify-audio", metavar="FILE", nargs="+", default=None,
@@ -30,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-audio", metavar="FILE", nargs="+", default=None,
                    help="speech to calibrate integer modes on (default: dev mixes from ../shared/data if "
                         "present, else the verification audio)")
-    p.add_argument("--block-shift", type=int, default=128, help="hop in samples (default: 128 = 8 ms)")
+    p.add_argument("--block-shift", type=int, default=None,
+                   help="hop in samples (dtln only; default: 128 = 8 ms; poconet takes it from its weights file)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the bundle path")
     return p
 
@@ -55,11 +63,20 @@ def _run(args) -> int:
     from .dtln import load_weights, with_block_shift
 
     paths = build.default_paths()
-    weights_path = args.weights or str(paths["weights"])
+    default = paths["poconet_weights" if args.family == "poconet" else "weights"]
+    weights_path = args.weights or str(default)
     if args.weights is None and not os.path.exists(weights_path):
         raise ConvertError(f"no --weights given and the shipped weights {weights_path} are missing")
-    weights = with_block_shift(load_weights(weights_path), args.block_shift)
-    output = args.output or os.path.join("bundles", f"dtln-16k-{args.quantize}")
+    if args.family == "poconet":
+        from .poconet import load_weights as load_poconet
+
+        weights = load_poconet(weights_path)
+        if args.block_shift is not None and args.block_shift != weights.config.block_shift:
+            raise ConvertError(f"--block-shift {args.block_shift}: a poconet model runs at the hop it was trained "
+                               f"with ({weights.config.block_shift} in {weights_path})")
+    else:
+        weights = with_block_shift(load_weights(weights_path), 128 if args.block_shift is None else args.block_shift)
+    output = args.output or os.path.join("bundles", f"{args.family}-16k-{args.quantize}")
     verify_files = args.verify_audio or [str(p) for p in build.example_files()]
     if not verify_files:
         raise ConvertError("no verification audio: pass --verify-audio FILE (speech at any rate)")
@@ -69,7 +86,8 @@ def _run(args) -> int:
     except AudioError as exc:
         raise ConvertError(str(exc)) from None
     progress = build.Progress() if args.quiet else build.TERMINAL
-    bundle = build.convert_dtln(
+    convert = build.convert_poconet if args.family == "poconet" else build.convert_dtln
+    bundle = convert(
         weights, args.quantize, output, force=args.force, name=args.name, verify_audio=verify_audio,
         verify_names=[os.path.basename(f) for f in verify_files], calib_audio=calib_audio or None,
         source=os.path.basename(weights_path), progress=progress)

@@ -63,7 +63,7 @@ def _tensor_specs(table: dict[str, dict], order) -> tuple[TensorSpec, ...]:
                  for n in order)
 
 
-def stub_bundle(weights: DTLNWeights, ios, family_options: dict) -> Bundle:
+def stub_bundle(weights, ios, family_options: dict, *, family: str = "dtln", window: str = "none") -> Bundle:
     """A Bundle describing Keras submodels (no files): lets the edge framing drive Keras models."""
     cfg = weights.config
 
@@ -73,16 +73,18 @@ def stub_bundle(weights: DTLNWeights, ios, family_options: dict) -> Bundle:
     subs = tuple(SubmodelSpec(name=io.name, file="", sha256="", inputs=tuple(spec(n, s) for n, s in io.inputs),
                               outputs=tuple(spec(n, s) for n, s in io.outputs), data_input=io.data_input,
                               data_output=io.data_output, states=io.states) for io in ios)
-    return Bundle(path="<keras>", name="keras", family="dtln", sample_rate=16000, block_len=cfg.block_len,
-                  block_shift=cfg.block_shift, window="none", latency_samples=cfg.latency_samples,
+    return Bundle(path="<keras>", name="keras", family=family, sample_rate=16000, block_len=cfg.block_len,
+                  block_shift=cfg.block_shift, window=window, latency_samples=cfg.latency_samples,
                   quantization="none", family_options=MappingProxyType(family_options), submodels=subs,
                   manifest=MappingProxyType({}), sha256="")
 
 
-def _calibration(weights, models, ios, family_options, audio, max_blocks: int) -> dict[str, list]:
+def _calibration(weights, models, ios, family_options, audio, max_blocks: int, *, family: str = "dtln",
+                 window: str = "none") -> dict[str, list]:
     """Closed loop: each submodel input recorded with the states the float model itself produced."""
     records: dict[str, list] = {}
-    den = keras_denoiser(stub_bundle(weights, ios, family_options), models, family_options, records)
+    den = keras_denoiser(stub_bundle(weights, ios, family_options, family=family, window=window), models,
+                         family_options, records)
     total = 0
     for x in audio:
         x = x[: max(0, max_blocks - total) * weights.config.block_shift]
@@ -93,11 +95,89 @@ def _calibration(weights, models, ios, family_options, audio, max_blocks: int) -
     return records
 
 
+@dataclass
+class _Plan:
+    """What one family contributes to a bundle: graphs for the mode, the float reference, manifest facts."""
+
+    family: str
+    window: str
+    family_options: dict
+    pairs: list
+    """(keras streaming model, IOSpec) to convert, in call order."""
+    reference: list
+    """The float32 streaming graphs without graph changes: what verification compares against."""
+    reference_options: dict
+    model: dict
+    """The manifest's ``model`` entry."""
+    converter_options: dict
+    int8_hint: str = ""
+    offline: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None
+    """Whole-utterance Keras model on each signal (delay compensated), when the family has one."""
+
+
+def _dtln_plan(weights: DTLNWeights, mode: str, opts: StreamOptions | None, source: str) -> _Plan:
+    cfg = weights.config
+    opts = stream_options_for(mode, cfg, opts)
+    family_options = {"frame_rms_norm": opts.frame_rms_norm, "log_mag": bool(opts.log_mag_outside and cfg.norm_mag)}
+    return _Plan(
+        family="dtln", window="none", family_options=family_options, pairs=build_streaming_models(weights, opts),
+        reference=build_streaming_models(weights, stream_options_for("none", cfg)), reference_options={},
+        model={"config": asdict(cfg), "parameters": int(sum(a.size for ws in weights.arrays.values() for a in ws)),
+               "source": source},
+        converter_options=asdict(opts),
+        int8_hint=(" Full int8 needs a model fine-tuned for it (python -m convert.train --qat ...); for this "
+                   "checkpoint use --quantize dynamic (int8 weights) or --quantize int16x8."))
+
+
+def _poconet_plan(weights, mode: str, source: str) -> _Plan:
+    from . import poconet
+
+    cfg = weights.config
+    fig = poconet.budget(cfg)
+    pair = poconet.build_streaming_model(weights, frames=1)
+    model = poconet.build_training_model(cfg, weights)
+
+    def offline(audio: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(model(x.astype(np.float32)[None], training=False))[0] for x in audio]
+
+    return _Plan(
+        family=poconet.FAMILY, window=cfg.window, family_options=poconet.family_options(cfg), pairs=[pair],
+        reference=[pair], reference_options=poconet.family_options(cfg),
+        model={"config": asdict(cfg), "parameters": fig["parameters"], "macs_per_frame": fig["macs_per_frame"],
+               "macs_per_second": fig["macs_per_second"], "source": source},
+        converter_options={"frames_per_call": 1},
+        int8_hint=" For this checkpoint use --quantize float16 or --quantize dynamic (int8 weights).",
+        offline=offline)
+
+
 def convert_dtln(weights: DTLNWeights, mode: str, output: str, *, force: bool = False, name: str | None = None,
                  verify_audio: list[np.ndarray], verify_names: list[str], calib_audio: list[np.ndarray] | None = None,
                  opts: StreamOptions | None = None, source: str = "", progress: Progress = Progress(),
                  tolerance_db: float | None = None, calib_blocks: int = 2000) -> Bundle:
     """Convert, verify and write a bundle folder; on any failure nothing is left at ``output``."""
+    return _write_bundle(lambda: _dtln_plan(weights, mode, opts, source), weights, mode, output, force, name,
+                         verify_audio, verify_names, calib_audio, progress, tolerance_db, calib_blocks)
+
+
+def convert_poconet(weights, mode: str, output: str, *, force: bool = False, name: str | None = None,
+                    verify_audio: list[np.ndarray], verify_names: list[str],
+                    calib_audio: list[np.ndarray] | None = None, source: str = "", progress: Progress = Progress(),
+                    tolerance_db: float | None = None, calib_blocks: int = 2000) -> Bundle:
+    """A PoCoNet-style U-Net (``convert.poconet.PoCoNetWeights``) -> verified bundle of family ``poconet``.
+
+    Verification also checks that the float streaming graph driven through the edge loop equals the
+    whole-utterance Keras model (max abs difference <= OFFLINE_MAX_ABS).
+    """
+    return _write_bundle(lambda: _poconet_plan(weights, mode, source), weights, mode, output, force, name,
+                         verify_audio, verify_names, calib_audio, progress, tolerance_db, calib_blocks)
+
+
+OFFLINE_MAX_ABS = 1e-4
+"""Streaming Keras reference vs the whole-utterance model, max abs sample difference (float32)."""
+
+
+def _write_bundle(make_plan, weights, mode, output, force, name, verify_audio, verify_names, calib_audio,
+                  progress, tolerance_db, calib_blocks) -> Bundle:
     if mode not in MODES:
         raise ConvertError(f"unknown quantisation mode {mode!r}; choose one of {', '.join(MODES)}")
     output = os.path.abspath(output)
@@ -110,8 +190,8 @@ def convert_dtln(weights: DTLNWeights, mode: str, output: str, *, force: bool = 
     except OSError as exc:
         raise ConvertError(f"{parent}: cannot write the bundle there ({exc.strerror})") from None
     try:
-        bundle = _convert_into(weights, mode, tmp, name or os.path.basename(output), verify_audio, verify_names,
-                               calib_audio, opts, source, progress,
+        bundle = _convert_into(make_plan(), weights, mode, tmp, name or os.path.basename(output), verify_audio,
+                               verify_names, calib_audio, progress,
                                TOLERANCE_DB[mode] if tolerance_db is None else tolerance_db, calib_blocks)
         if os.path.exists(output):
             trash = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old-", dir=parent)
@@ -126,18 +206,18 @@ def convert_dtln(weights: DTLNWeights, mode: str, output: str, *, force: bool = 
     return load_bundle(output)
 
 
-def _convert_into(weights, mode, folder, name, verify_audio, verify_names, calib_audio, opts, source, progress,
+def _convert_into(plan: _Plan, weights, mode, folder, name, verify_audio, verify_names, calib_audio, progress,
                   tolerance_db, calib_blocks) -> Bundle:
     t0 = time.perf_counter()
     cfg = weights.config
-    opts = stream_options_for(mode, cfg, opts)
-    family_options = {"frame_rms_norm": opts.frame_rms_norm, "log_mag": bool(opts.log_mag_outside and cfg.norm_mag)}
-    pairs = build_streaming_models(weights, opts)
+    family_options = plan.family_options
+    pairs = plan.pairs
     ios = [io for _, io in pairs]
     calib = None
     if mode in ("int8", "int16x8"):
         progress.say(f"calibrating {mode} (closed loop, float model states)")
-        records = _calibration(weights, pairs, ios, family_options, calib_audio or verify_audio, calib_blocks)
+        records = _calibration(weights, pairs, ios, family_options, calib_audio or verify_audio, calib_blocks,
+                               family=plan.family, window=plan.window)
     submodels = []
     ops_all: set[str] = set()
     for model, io in pairs:
@@ -165,22 +245,22 @@ def _convert_into(weights, mode, folder, name, verify_audio, verify_names, calib
     if mode in ("int8", "int16x8") and "LOG" in ops_all:
         runtimes = LOG_NEEDS
     manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "family": "dtln",
-        "sample_rate": 16000, "block_len": cfg.block_len, "block_shift": cfg.block_shift, "window": "none",
+        "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "family": plan.family,
+        "sample_rate": 16000, "block_len": cfg.block_len, "block_shift": cfg.block_shift, "window": plan.window,
         "latency_samples": cfg.latency_samples,
         "quantization": mode, "family_options": family_options, "submodels": submodels,
         "runtimes": runtimes,
-        "model": {"config": asdict(cfg), "parameters": int(sum(a.size for ws in weights.arrays.values() for a in ws)),
-                  "source": source},
-        "converter_options": {**asdict(opts), "calibration": "closed-loop" if calib else None},
+        "model": plan.model,
+        "converter_options": {**plan.converter_options, "calibration": "closed-loop" if calib else None},
         "producer": {"tool": "python -m convert", **_versions()},
     }
     _write_manifest(folder, manifest)
     bundle = load_bundle(folder)
 
     progress.say("verifying against the Keras float reference")
-    ref_pairs = build_streaming_models(weights, StreamOptions())
-    ref_den = keras_denoiser(stub_bundle(weights, [io for _, io in ref_pairs], {}), ref_pairs, {})
+    ref_pairs = plan.reference
+    ref_den = keras_denoiser(stub_bundle(weights, [io for _, io in ref_pairs], plan.reference_options,
+                                         family=plan.family, window=plan.window), ref_pairs, plan.reference_options)
     refs = run_stream(ref_den, verify_audio)
     tests = run_stream(edge.StreamingDenoiser(bundle), verify_audio)
     fig = compare(refs, tests)
@@ -190,12 +270,22 @@ def _convert_into(weights, mode, folder, name, verify_audio, verify_names, calib
         "audio": verify_names, **fig, "tolerance_snr_db": tolerance_db, "passed": passed,
         "seconds_to_convert": round(time.perf_counter() - t0, 1),
     }
+    offline_ok = True
+    if plan.offline is not None:
+        progress.say("checking the streaming reference against the whole-utterance model")
+        off = compare(plan.offline(verify_audio), refs)
+        offline_ok = bool(off["max_abs_error"] <= OFFLINE_MAX_ABS)
+        manifest["verification"]["offline"] = {
+            "reference": "Keras whole-utterance model vs the float32 streaming reference above",
+            **off, "tolerance_max_abs_error": OFFLINE_MAX_ABS, "passed": offline_ok}
+        manifest["verification"]["passed"] = passed = passed and offline_ok
     _write_manifest(folder, manifest)
+    if not offline_ok:
+        raise VerificationError(
+            f"the streaming graph does not reproduce the whole-utterance model: max abs error "
+            f"{manifest['verification']['offline']['max_abs_error']:.3g} > {OFFLINE_MAX_ABS:g}; nothing written.")
     if not passed:
-        hint = ""
-        if mode == "int8":
-            hint = (" Full int8 needs a model fine-tuned for it (python -m convert.train --qat ...); for this "
-                    "checkpoint use --quantize dynamic (int8 weights) or --quantize int16x8.")
+        hint = plan.int8_hint if mode == "int8" else ""
         raise VerificationError(
             f"{mode} bundle misses its tolerance: SNR {fig['snr_db']:.1f} dB against the float reference, "
             f"needs >= {tolerance_db:.0f} dB (max abs error {fig['max_abs_error']:.3g}); nothing written.{hint}")
@@ -210,6 +300,7 @@ def _write_manifest(folder: str, manifest: dict) -> None:
 
 def default_paths() -> dict[str, Path]:
     return {"weights": REPO / "pretrained_model" / "dtln-16k" / "dtln_weights.h5",
+            "poconet_weights": REPO / "pretrained_model" / "poconet-16k" / "poconet_weights.h5",
             "examples": REPO / "examples"}
 
 

@@ -1,4 +1,4 @@
-"""``python -m convert.train``: train DTLN on speech + noise folders mixed on the fly (Keras 3, CPU)."""
+"""``python -m convert.train``: train DTLN or PoCoNet on speech + noise folders mixed on the fly (Keras 3, CPU)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-patience", type=int, default=3, help="epochs without dev gain before halving the LR")
     p.add_argument("--patience", type=int, default=10, help="epochs without dev gain before stopping")
     p.add_argument("--min-lr", type=float, default=1e-5)
+    p.add_argument("--family", choices=("dtln", "poconet"), default="dtln",
+                   help="model to train: dtln, or poconet (our causal U-Net, docs/poconet.md) (default: dtln)")
+    p.add_argument("--model-config", metavar="FILE", default=None,
+                   help="poconet: a JSON object of PoCoNetConfig fields to change (default: the edge model)")
     p.add_argument("--plain", action="store_true", help="DTLN without the log-magnitude norm (default: norm)")
     p.add_argument("--units", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
@@ -46,6 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate-clip", type=float, default=8.0, help="with --qat (default: 8)")
     p.add_argument("--cell-clip", type=float, default=8.0, help="with --qat (default: 8)")
     return p
+
+
+def _poconet_config(args, out: Path):
+    """(PoCoNetConfig, initial weights or None): the run's own on --resume, --init's, else default + --model-config."""
+    from . import poconet
+
+    if args.qat or args.model_config and (args.init or args.resume):
+        raise ConvertError("poconet: --qat is DTLN-only, and --model-config cannot change an --init or --resume model")
+    if args.resume and (out / "last.h5").exists():
+        return poconet.load_weights(str(out / "last.h5")).config, None
+    if args.init:
+        init = poconet.load_weights(args.init)
+        return init.config, init
+    cfg = poconet.PoCoNetConfig()
+    if args.model_config:
+        try:
+            cfg = poconet.PoCoNetConfig.from_dict(json.loads(Path(args.model_config).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConvertError(f"--model-config {args.model_config}: {exc}") from None
+    return cfg, None
 
 
 def si_sdr_loss(clean, est):
@@ -120,15 +144,27 @@ def train(args) -> int:
     if dev is None:
         raise ConvertError(f"no dev speech under {root}/speech/dev: the dev set drives LR decay and early stopping")
 
-    from dataclasses import replace
+    if args.family == "poconet":
+        from . import poconet
 
-    init = load_weights(args.init) if args.init else None
-    cfg = init.config if init else DTLNConfig(units=args.units, norm_mag=not args.plain)
-    if args.qat:
-        cfg = replace(cfg, qat=True, gate_clip=args.gate_clip, cell_clip=args.cell_clip)
-    seg = _segment_samples(args.segment)
-    keras.utils.set_random_seed(args.seed)
-    model = build_training_model(cfg, DTLNWeights(cfg, init.arrays) if init else None)
+        cfg, init = _poconet_config(args, out)
+        seg = _segment_samples(args.segment)
+        keras.utils.set_random_seed(args.seed)
+        model = poconet.build_training_model(cfg, init)
+        get_model_weights, save_weights = poconet.get_model_weights, poconet.save_weights
+        load_weights, set_model_weights = poconet.load_weights, poconet.set_model_weights
+    else:
+        from dataclasses import replace
+
+        from .dtln import set_model_weights
+
+        init = load_weights(args.init) if args.init else None
+        cfg = init.config if init else DTLNConfig(units=args.units, norm_mag=not args.plain)
+        if args.qat:
+            cfg = replace(cfg, qat=True, gate_clip=args.gate_clip, cell_clip=args.cell_clip)
+        seg = _segment_samples(args.segment)
+        keras.utils.set_random_seed(args.seed)
+        model = build_training_model(cfg, DTLNWeights(cfg, init.arrays) if init else None)
     opt = keras.optimizers.Adam(learning_rate=args.lr, clipnorm=args.clipnorm)
     opt.build(model.trainable_variables)
     st = {"epoch": 0, "step": 0, "lr": args.lr, "best_dev": None, "bad_epochs": 0, "lr_bad_epochs": 0,
@@ -137,9 +173,10 @@ def train(args) -> int:
         if not state_path.exists():
             raise ConvertError(f"--resume: {state_path} not found")
         st = json.loads(state_path.read_text())
+        if st["config"].get("family", "dtln") != args.family:
+            raise ConvertError(f"--resume: {out} trains a {st['config'].get('family', 'dtln')} model, "
+                               f"not --family {args.family}")
         w = load_weights(str(out / "last.h5"))
-        from .dtln import set_model_weights
-
         set_model_weights(model, w)
         arrs = np.load(out / "optimizer.npz")
         for v, k in zip(opt.variables, sorted(arrs.files, key=lambda s: int(s[1:]))):
