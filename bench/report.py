@@ -27,7 +27,11 @@ def _device(dev: dict[str, Any]) -> str:
             f"XNNPACK {'on' if dev['xnnpack'] else 'off'}" + "".join(f", {e}" for e in extra if e))
 
 
-def _fmt(v: float, unit: str) -> str:
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int):
+        return str(v)
     if unit == "ratio":
         return f"{v:.3f}"
     if unit.startswith("ms/block"):
@@ -39,18 +43,19 @@ def render_bench(doc: dict[str, Any]) -> str:
     out = [f"## {doc.get('title', doc['bench'])}", "",
            f"`{doc['command']}` ({doc['created']})  ", f"Device: {_device(doc['device'])}", "",
            "| figure | median | min | max | runs | unit |", "|---|---|---|---|---|---|"]
-    for r in doc["rows"]:
+    for r in doc.get("rows", []):
         u = r["unit"]
-        out.append(f"| {r['what']} | {_fmt(r['median'], u)} | {_fmt(r['min'], u)} | {_fmt(r['max'], u)} | "
-                   f"{r['n']} | {u} |")
-    splits = [r for r in doc["rows"] if "split_ms" in r]
+        out.append(f"| {r['what']} | {_fmt(r.get('median'), u)} | {_fmt(r.get('min'), u)} | "
+                   f"{_fmt(r.get('max'), u)} | {r.get('n', '-')} | {u} |")
+    splits = [r for r in doc.get("rows", []) if "split_ms" in r]
     if splits:
         out += ["", "| inside the child (median ms) | " + " | ".join(splits[0]["split_ms"]) + " |",
                 "|---|" + "---|" * len(splits[0]["split_ms"])]
         out += [f"| {r['what']} | " + " | ".join(f"{v:.1f}" for v in r["split_ms"].values()) + " |" for r in splits]
     if doc.get("goals"):
         out += ["", "| goal | measured | target | met |", "|---|---|---|---|"]
-        out += [f"| {g['what']} | {g['value']:.3g} | {g['goal']} | {'yes' if g['met'] else '**no**'} |"
+        out += [f"| {g['what']} | {'-' if g.get('value') is None else format(g['value'], '.3g')} | {g['goal']} | "
+                f"{'yes' if g.get('met') else '**no**'} |"
                 for g in doc["goals"]]
     agreement = doc.get("agreement_with_published_float32")
     if agreement:

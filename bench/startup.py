@@ -103,6 +103,8 @@ def main() -> int:
         "rows": rows, "goals": [],
         "notes": ["split_ms is measured inside the child from its first line, so the rest of the total is the "
                   "Python interpreter's own start-up.",
+                  "load_bundle_ms includes importing the interpreter package (edge imports it on first use) and "
+                  "building one interpreter per submodel to check its tensors; the stream builds its own.",
                   "The CLI writes raw PCM through a buffered stdout, so its first byte leaves at exit here."]})
     return 0
 
