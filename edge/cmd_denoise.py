@@ -175,6 +175,7 @@ def _run_raw(args) -> int:
         y = y[: max(0, total_in - total_out)]
         if len(y):
             out.write((np.clip(y, -1, 1 - 1 / 32768) * 32768).round().astype("<i2").tobytes())
+            out.flush()  # a pipe to a live consumer must not wait for 8 KB
             total_out += len(y)
 
     while True:

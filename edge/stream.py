@@ -103,10 +103,12 @@ class StreamingDenoiser:
         return self._samples_in
 
     # processing --------------------------------------------------------------------------------
-    def _block(self) -> np.ndarray:
-        """Run the filled analysis buffer through the model; return ``block_shift`` output samples."""
-        buf = self._inbuf if self._ana is None else self._inbuf * self._ana
-        frame = self._family.step(np.fft.rfft(buf))
+    def _analyze(self) -> np.ndarray:
+        """rfft of the (windowed) analysis buffer."""
+        return np.fft.rfft(self._inbuf if self._ana is None else self._inbuf * self._ana)
+
+    def _synthesize(self, frame: np.ndarray) -> np.ndarray:
+        """Window and overlap-add one output frame, slide the input; return ``block_shift`` samples (a view)."""
         if self._syn is not None:
             frame = frame * self._syn
         out = self._outbuf
@@ -116,10 +118,20 @@ class StreamingDenoiser:
         self._inbuf[:-self._s] = self._inbuf[self._s:]
         return out[: self._s]
 
+    def _block(self) -> np.ndarray:
+        """Run the filled analysis buffer through the model; return ``block_shift`` output samples."""
+        return self._synthesize(self._family.step(self._analyze()))
+
     def process(self, x: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
         """Feed audio; return the float32 output samples that are ready now."""
         x = check_audio(x, self.sample_rate, sample_rate)
         n, s = self._n, self._s
+        if self._fill == 0 and len(x) == s:  # the live case, one hop per call: no bookkeeping loop
+            self._inbuf[n - s:] = x
+            y = self._block().astype(np.float32)
+            self._samples_in += s
+            self._samples_out += s
+            return y
         ready = (self._fill + len(x)) // s
         y = np.empty(ready * s, np.float32)
         pos = o = 0
