@@ -1,0 +1,271 @@
+"""Daemon capacity: real-time 16 kHz streams one core sustains with no deadline miss, and the latency it adds.
+
+One `edge-denoise serve` process pinned to one core (`--workers 1`); the clients, in this process on
+another core, are asyncio streams that each send one block shift (8 ms) of audio per 8 ms on a unix
+socket and wait for its answer. A chunk misses its deadline when its answer comes back later than the
+chunk's own duration after it was sent (the stream then falls behind real time), or when the server
+counts a miss (its processing took longer than the audio). N streams = 1, 2, 4, ... until a trial
+misses, then a bisection; the result is the largest N with no miss. The latency the daemon adds beyond
+the model's own algorithmic delay (block_len - block_shift) is the chunk round trip: sent -> its
+denoised block back, p50/p99 after warm-up.
+
+    python bench/daemon_streams.py [--model DIR] [--seconds 5] [--max-streams 96]   # -> results/daemon.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import EXAMPLE, REPO, published_bundles, write_result
+
+
+def cores() -> tuple[int, set[int]]:
+    """(the server's core, the clients' cores): the last allowed core for the server, the rest for us."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return allowed[-1], set(allowed[:-1]) or set(allowed)
+
+
+def priority(nice: int, fifo: int) -> None:
+    """Raise this process as a deployed audio daemon would be (systemd Nice=, CPUSchedulingPolicy=fifo)."""
+    if nice:
+        os.nice(nice)
+    if fifo:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(fifo))
+
+
+def start_server(model: str, sock: str, core: int, log: Path, nice: int, fifo: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "edge.cli", "serve", "--model", model, "--uri", f"unix://{sock}", "--workers", "1",
+           "--max-connections", "512", "--idle-timeout", "0", "-q"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+                            preexec_fn=lambda: (os.sched_setaffinity(0, {core}), priority(nice, fifo)))
+    deadline = time.monotonic() + 60
+    while not os.path.exists(sock[:-5] + ".control.sock"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"serve did not start: {log.read_text()[-1000:]}")
+        time.sleep(0.1)
+    return proc
+
+
+async def status(sock: str) -> dict:
+    r, w = await asyncio.open_unix_connection(sock[:-5] + ".control.sock", limit=1 << 24)
+    w.write(b'{"type":"status"}\n')
+    line = await r.readline()
+    w.close()
+    return json.loads(line)
+
+
+async def one_stream(sock: str, pcm: bytes, chunk: int, rate: int, t0: float, warmup: float,
+                     rtts: list[float], misses: list[int]) -> None:
+    r, w = await asyncio.open_unix_connection(sock)
+    w.write(b'{"type":"start","rate":%d,"width":2,"channels":1}\n' % rate)
+    await r.readline()
+    dur = chunk / rate
+    header = b'{"type":"audio","bytes":%d}\n' % (2 * chunk)
+    loop = asyncio.get_running_loop()
+    k = 0
+    for i in range(0, len(pcm) - 2 * chunk + 1, 2 * chunk):
+        due = t0 + k * dur
+        wait = due - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        sent = loop.time()
+        w.write(header + pcm[i:i + 2 * chunk])
+        reply = await r.readline()
+        n = json.loads(reply)["bytes"]
+        if n:
+            await r.readexactly(n)
+        rtt = loop.time() - sent
+        if k * dur >= warmup:
+            rtts.append(rtt)
+            # Late: the answer came after the chunk's duration, or we are sending behind the real-time schedule.
+            if rtt > dur:
+                misses[0] += 1
+            elif sent - due > dur:
+                misses[1] += 1
+        k += 1
+    w.write(b'{"type":"stop"}\n')
+    while True:
+        msg = json.loads(await r.readline())
+        if msg["type"] == "done":
+            break
+        await r.readexactly(msg["bytes"])
+    w.close()
+
+
+async def trial(sock: str, n: int, pcm: bytes, chunk: int, rate: int, warmup: float) -> dict:
+    before = await status(sock)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time() + 0.5
+    rtts: list[float] = []
+    misses = [0, 0]
+    dur = chunk / rate
+    # Streams start at phases spread over one chunk, as independent clients would.
+    tasks = [one_stream(sock, pcm[2 * (s * 997 % rate):] + pcm[:2 * (s * 997 % rate)], chunk, rate,
+                        t0 + dur * s / n, warmup, rtts, misses) for s in range(n)]
+    wall = time.monotonic()
+    await asyncio.gather(*tasks)
+    wall = time.monotonic() - wall
+    after = await status(sock)
+    ms = np.asarray(rtts) * 1e3
+    return {"streams": n, "chunks": len(rtts), "client_misses": misses[0] + misses[1], "late_answers": misses[0],
+            "sent_late": misses[1],
+            "server_misses": after["totals"]["deadline_misses"] - before["totals"]["deadline_misses"],
+            "round_trip_ms": {"p50": round(float(np.percentile(ms, 50)), 3),
+                              "p99": round(float(np.percentile(ms, 99)), 3), "max": round(float(ms.max()), 3)},
+            "server_core_busy": round((after["process"]["cpu_s"] - before["process"]["cpu_s"]) / wall, 3),
+            "server_rss_mb": round(after["process"]["rss_bytes"] / 2**20, 1)}
+
+
+def ok(t: dict) -> bool:
+    return t["client_misses"] == 0 and t["server_misses"] == 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="bundle folder (default: our dynamic bundle of the published "
+                                                  "DTLN model.h5, converted into $EDGE_BENCH_WORK)")
+    p.add_argument("--seconds", type=float, default=5.0, help="seconds of audio per stream per trial (default 5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="first seconds of each stream not counted (default 1)")
+    p.add_argument("--max-streams", type=int, default=96, help="stop the search there (default 96)")
+    p.add_argument("--attempts", type=int, default=3,
+                   help="attempts per stream count; N passes if one attempt has no miss, so that a stall of the "
+                        "machine unrelated to load does not decide it (default 3)")
+    p.add_argument("--nice", type=int, default=0,
+                   help="niceness change for the server and the clients, e.g. -10 (as root) when other jobs share "
+                        "the machine, as a deployed audio daemon would run (default 0)")
+    p.add_argument("--fifo", type=int, default=0,
+                   help="SCHED_FIFO priority for the server and the clients, e.g. 10 (as root; 0 = normal scheduling)")
+    p.add_argument("--out", default=None, help="write the JSON there instead of bench/results/daemon.json")
+    args = p.parse_args()
+    model = args.model or published_bundles(("dynamic",))["dynamic"]
+    sys.path.insert(0, str(REPO))
+    import edge
+    from edge.daemon import float_to_pcm16
+
+    bundle = edge.load_bundle(model)
+    rate, chunk = bundle.sample_rate, bundle.block_shift
+    import soundfile as sf
+
+    x, sr = sf.read(EXAMPLE, dtype="float32")
+    if sr != rate:
+        raise SystemExit(f"{EXAMPLE} is at {sr} Hz, the model at {rate} Hz")
+    reps = int(np.ceil(args.seconds * rate / len(x)))
+    pcm = float_to_pcm16(np.tile(x, reps)[: int(args.seconds * rate)])
+
+    # The model alone, in this process: the compute a chunk costs without the daemon.
+    den = edge.StreamingDenoiser(bundle)
+    xs = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+    times = []
+    for i in range(0, len(xs) - chunk + 1, chunk):
+        t = time.perf_counter()
+        den.process(xs[i:i + chunk])
+        times.append(time.perf_counter() - t)
+    compute_ms = np.asarray(times[len(times) // 5:]) * 1e3
+
+    server_core, client_cores = cores()
+    os.sched_setaffinity(0, client_cores)
+    priority(args.nice, args.fifo)
+    tmp = Path(tempfile.mkdtemp(prefix="edge-daemon-bench-"))
+    sock = str(tmp / "b.sock")
+    proc = start_server(model, sock, server_core, tmp / "serve.log", args.nice, args.fifo)
+    trials: dict[int, dict] = {}
+    try:
+        def run(n: int) -> dict:
+            """The first clean attempt at N streams, else the last of --attempts."""
+            if n not in trials:
+                for attempt in range(1, args.attempts + 1):
+                    t = asyncio.run(trial(sock, n, pcm, chunk, rate, args.warmup))
+                    t["attempt"] = attempt
+                    print(f"{n:4d} streams (attempt {attempt}): misses: {t['late_answers']} late answers, "
+                          f"{t['sent_late']} sent late, {t['server_misses']} server; round trip p50 "
+                          f"{t['round_trip_ms']['p50']:.2f} p99 {t['round_trip_ms']['p99']:.2f} ms; server core busy "
+                          f"{t['server_core_busy']:.0%}", file=sys.stderr, flush=True)
+                    if ok(t):
+                        break
+                trials[n] = t
+            return trials[n]
+
+        good, bad, n = 0, None, 1
+        while n <= args.max_streams:
+            if ok(run(n)):
+                good, n = n, n * 2
+            else:
+                bad = n
+                break
+        if bad is not None:
+            while bad - good > 1 and (bad - good) > max(1, good // 16):
+                mid = (good + bad) // 2
+                if ok(run(mid)):
+                    good = mid
+                else:
+                    bad = mid
+    finally:
+        proc.terminate()
+        rc = proc.wait(30)
+    if rc != 0:
+        raise SystemExit(f"serve exited with {rc} on SIGTERM: {(tmp / 'serve.log').read_text()[-1000:]}")
+    one = trials[1]["round_trip_ms"]
+    best = trials.get(good, {}).get("round_trip_ms") if good else None
+    lat_ms = 1e3 * bundle.latency_samples / rate
+    rows = [{"what": "concurrent real-time streams on one core with no deadline miss", "unit": "streams",
+             "median": good, "min": good, "max": good, "n": 1},
+            {"what": "added latency (chunk round trip), 1 stream, p50", "unit": "ms",
+             "median": one["p50"], "min": one["p50"], "max": one["p50"], "n": trials[1]["chunks"]},
+            {"what": "added latency (chunk round trip), 1 stream, p99", "unit": "ms",
+             "median": one["p99"], "min": one["p99"], "max": one["p99"], "n": trials[1]["chunks"]}]
+    if best and good > 1:
+        rows += [{"what": f"added latency (chunk round trip), {good} streams, p50", "unit": "ms",
+                  "median": best["p50"], "min": best["p50"], "max": best["p50"], "n": trials[good]["chunks"]},
+                 {"what": f"added latency (chunk round trip), {good} streams, p99", "unit": "ms",
+                  "median": best["p99"], "min": best["p99"], "max": best["p99"], "n": trials[good]["chunks"]}]
+    rows.append({"what": "model compute per 8 ms chunk in-process (no daemon), p50", "unit": "ms",
+                 "median": round(float(np.percentile(compute_ms, 50)), 3), "min": round(float(compute_ms.min()), 3),
+                 "max": round(float(compute_ms.max()), 3), "n": len(compute_ms)})
+    payload = {
+        "title": "Daemon: concurrent real-time streams per core and added latency",
+        "settings": {"attempts": args.attempts, "model": bundle.name, "model_sha256": bundle.sha256,
+                     "quantization": bundle.quantization,
+                     "chunk_samples": chunk, "chunk_ms": 1e3 * chunk / rate, "seconds_per_stream": args.seconds,
+                     "warmup_s": args.warmup, "nice": args.nice, "sched_fifo_priority": args.fifo,
+                     "server_core": server_core, "client_cores": sorted(client_cores),
+                     "server": "edge-denoise serve --workers 1, pinned to one core, unix socket, JSON mode",
+                     "model_latency_ms": lat_ms},
+        "streams_per_core": good, "first_failing": bad,
+        "added_latency_ms": {"1_stream": one, f"{good}_streams": best},
+        "trials": [trials[k] for k in sorted(trials)], "rows": rows, "goals": [],
+        "notes": [f"Latency the daemon adds on top of the model's own {lat_ms:.0f} ms algorithmic delay: the round "
+                  "trip of one 8 ms chunk (client write -> server read, denoise in a worker thread, write -> "
+                  "client read), measured by the clients.",
+                  "A trial passes with zero misses: no answer later than its chunk's 8 ms, no chunk sent behind "
+                  "the real-time schedule, no server-counted miss, after the first second of each stream. A stream "
+                  f"count passes when one of {args.attempts} attempts does: on a shared VM, isolated stalls of "
+                  "10-20 ms hit any load level (seen at 1 stream), while a count beyond capacity misses every time.",
+                  "The clients are Python asyncio in one process on the other core(s); on a shared or busy machine "
+                  "(see the load average) the figures are a floor for a quiet device."]}
+    if args.out:
+        from datetime import datetime, timezone
+
+        from common import command_line, device
+
+        doc = {"bench": "daemon", "schema_version": 1, "created": datetime.now(timezone.utc).isoformat(
+            timespec="seconds"), "command": command_line(), "device": device(), **payload}
+        Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    else:
+        write_result("daemon", payload)
+    print(f"{good} streams on one core with no deadline miss; added latency p50 {one['p50']:.2f} ms, "
+          f"p99 {one['p99']:.2f} ms (1 stream)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
