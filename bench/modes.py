@@ -1,0 +1,78 @@
+"""Whole-loop ms per block of each quantisation mode of one model, interleaved in one process, one thread.
+
+    python bench/modes.py [--model-dir pretrained_model/dtln-16k] [--rounds 9] [--seconds 10]
+
+Writes bench/results/modes.json: per bundle the median/min/max over rounds of the whole streaming loop
+(edge.StreamingDenoiser.process, one hop per call as on a live device) and each bundle's ratio to
+float32 in the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import EXAMPLE, REPO, RESULTS, skip, summary, write_result  # noqa: I001
+
+import edge  # noqa: E402
+
+ORDER = ("float32", "float16", "dynamic", "int16x8", "int8")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-dir", default=str(REPO / "pretrained_model" / "dtln-16k"))
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--seconds", type=float, default=10.0)
+    args = p.parse_args()
+    base = Path(args.model_dir)
+    bundles = {m: edge.load_bundle(base / m) for m in ORDER if (base / m / "manifest.json").is_file()}
+    if "float32" not in bundles:
+        skip(f"no float32 bundle under {base}")
+    from edge.audio import read_audio, to_mono_rate
+
+    x, sr, _ = read_audio(str(EXAMPLE))
+    x = to_mono_rate(x, sr, 16000)
+    n = int(args.seconds * 16000) // 128 * 128
+    audio = np.resize(x, n).astype(np.float32)
+    dens = {m: edge.StreamingDenoiser(b, edge.Options(num_threads=1)) for m, b in bundles.items()}
+    times: dict[str, list[float]] = {m: [] for m in dens}
+    ratios: dict[str, list[float]] = {m: [] for m in dens}
+    hops = [audio[i:i + 128] for i in range(0, n, 128)]
+    for den in dens.values():  # warm-up
+        for h in hops[:200]:
+            den.process(h)
+    for r in range(args.rounds):
+        order = list(dens) if r % 2 == 0 else list(dens)[::-1]
+        this = {}
+        for m in order:
+            den = dens[m]
+            den.reset()
+            t0 = time.perf_counter()
+            for h in hops:
+                den.process(h)
+            this[m] = (time.perf_counter() - t0) * 1e3 / len(hops)
+            times[m].append(this[m])
+        for m in dens:
+            ratios[m].append(this[m] / this["float32"])
+        print(f"round {r + 1}: " + "  ".join(f"{m} {this[m]:.4f}" for m in dens), file=sys.stderr)
+    result = {
+        "what": "whole streaming loop, ms per 8 ms block (one hop per process() call), one thread",
+        "model_dir": str(base.relative_to(REPO)) if base.is_relative_to(REPO) else str(base),
+        "bundles": {m: {"sha256": bundles[m].sha256, "quantization": bundles[m].quantization,
+                        "ms_per_block": summary(times[m]), "ratio_to_float32": summary(ratios[m], 3),
+                        "runtimes": list(bundles[m].manifest.get("runtimes", []))} for m in dens},
+    }
+    path = write_result("modes", result)
+    for m in dens:
+        print(f"{m:8s} {summary(times[m])['median']:.4f} ms/block  x{summary(ratios[m], 3)['median']:.2f} float32")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
