@@ -73,3 +73,13 @@ def write_audio_atomic(path: str, x: np.ndarray, sr: int, subtype: str | None = 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def pcm16_to_float(data: bytes) -> np.ndarray:
+    """s16le bytes -> float32 samples in [-1, 1)."""
+    return np.frombuffer(data, "<i2").astype(np.float32) / np.float32(32768.0)
+
+
+def float_to_pcm16(y: np.ndarray) -> bytes:
+    """float samples -> s16le bytes: clipped to the int16 range and rounded (the CLI and the daemon agree)."""
+    return (np.clip(y, -1, 1 - 1 / 32768) * 32768).round().astype("<i2").tobytes()

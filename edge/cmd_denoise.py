@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import EXTENSIONS, fit_length, read_audio, resample, write_audio_atomic
+from .audio import EXTENSIONS, fit_length, float_to_pcm16, pcm16_to_float, read_audio, resample, write_audio_atomic
 from .bundle import Bundle, load_bundle
 from .errors import AudioError, BundleError, EdgeError
 from .options import Options
@@ -174,7 +174,7 @@ def _run_raw(args) -> int:
             y, to_drop = y[cut:], to_drop - cut
         y = y[: max(0, total_in - total_out)]
         if len(y):
-            out.write((np.clip(y, -1, 1 - 1 / 32768) * 32768).round().astype("<i2").tobytes())
+            out.write(float_to_pcm16(y))
             out.flush()  # a pipe to a live consumer must not wait for 8 KB
             total_out += len(y)
 
@@ -186,7 +186,7 @@ def _run_raw(args) -> int:
         n = len(pending) // frame_bytes
         if not n:
             continue
-        x = np.frombuffer(pending[: n * frame_bytes], "<i2").reshape(n, ch).astype(np.float32) / 32768.0
+        x = pcm16_to_float(pending[: n * frame_bytes]).reshape(n, ch)
         pending = pending[n * frame_bytes:]
         total_in += n
         ys = [den.process(np.ascontiguousarray(x[:, c])) for c, den in enumerate(stream.dens)]

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+from .audio import float_to_pcm16, pcm16_to_float  # noqa: F401 (re-exported for clients)
 from .bundle import Bundle, load_bundle
 from .errors import EdgeError
 from .options import Options
@@ -44,16 +45,6 @@ class DaemonError(EdgeError):
 
 
 # -- PCM: the one int16 <-> float conversion of the daemon (and of the tests that check it) ----------
-def pcm16_to_float(data: bytes) -> np.ndarray:
-    """s16le bytes -> float32 samples in [-1, 1)."""
-    return np.frombuffer(data, "<i2").astype(np.float32) / np.float32(32768.0)
-
-
-def float_to_pcm16(y: np.ndarray) -> bytes:
-    """float samples -> s16le bytes; rounds, clips to the int16 range (as ``edge-denoise denoise -`` does)."""
-    return (np.clip(y, -1, 1 - 1 / 32768) * 32768).round().astype("<i2").tobytes()
-
-
 # -- URIs ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Endpoint:
