@@ -34,14 +34,9 @@ class Family(Protocol):
 
 def family_class(bundle: Bundle) -> type:
     from .dtln import DTLN  # noqa: PLC0415
+    from .poconet import PoCoNet  # noqa: PLC0415
 
-    families: dict[str, type] = {"dtln": DTLN}
-    try:
-        from .poconet import PoCoNet  # noqa: PLC0415
-
-        families["poconet"] = PoCoNet
-    except ImportError:
-        pass
+    families: dict[str, type] = {"dtln": DTLN, "poconet": PoCoNet}
     try:
         cls = families[bundle.family]
     except KeyError:
