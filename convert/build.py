@@ -266,7 +266,7 @@ def _convert_into(plan: _Plan, weights, mode, folder, name, verify_audio, verify
     fig = compare(refs, tests)
     passed = bool(fig["snr_db"] >= tolerance_db)
     manifest["verification"] = {
-        "reference": "Keras float32 streaming graph (no graph changes), same edge block loop",
+        "reference": "Keras float32 streaming graph of the model as trained (without the conversion's graph changes), same edge block loop",
         "audio": verify_names, **fig, "tolerance_snr_db": tolerance_db, "passed": passed,
         "seconds_to_convert": round(time.perf_counter() - t0, 1),
     }
