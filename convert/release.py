@@ -18,36 +18,45 @@ FOLDER = {"none": "float32", "float16": "float16", "dynamic": "dynamic", "int8":
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m convert.release", description=__doc__.split(":", 1)[1].strip())
-    p.add_argument("--weights", required=True, metavar="FILE", help="DTLN h5 to ship")
+    p.add_argument("--weights", required=True, metavar="FILE",
+                   help="h5 to ship: DTLN, or PoCoNet (told apart by the file's contents)")
     p.add_argument("--out", required=True, metavar="DIR", help="e.g. pretrained_model/dtln-16k")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--vbd", metavar="DIR", default=None,
                    help="VoiceBank-DEMAND test folder with clean/ and noisy/ (default: ../shared/data/test/vbd_test)")
     p.add_argument("--devmix", metavar="DIR", default=None, help="dev mixes from python -m convert.devset")
-    p.add_argument("--name", default="dtln-16k")
+    p.add_argument("--name", default=None, help="bundle name prefix (default: the --out folder's name)")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edge.evaluate import evaluate, _pairs
     from edge.options import Options
 
     from . import build, data
-    from .dtln import load_weights
 
+    family = family_of(args.weights)
     out = Path(args.out)
+    name = args.name or out.name
     out.mkdir(parents=True, exist_ok=True)
-    weights_path = out / "dtln_weights.h5"
+    weights_path = out / f"{family}_weights.h5"
     if Path(args.weights).resolve() != weights_path.resolve():
         shutil.copyfile(args.weights, weights_path)
+    if family == "poconet":
+        from .poconet import load_weights
+        convert = build.convert_poconet
+    else:
+        from .dtln import load_weights
+        convert = build.convert_dtln
     weights = load_weights(str(weights_path))
     examples = build.example_files()
     verify = data.load_files(examples)
     calib = data.dev_mixes()
     vbd = Path(args.vbd) if args.vbd else data.shared_data() / "test" / "vbd_test"
-    results: dict = {"weights": weights_path.name, "modes": {}, "scored": time.strftime("%Y-%m-%d")}
+    results: dict = {"family": family, "weights": weights_path.name, "modes": {}, "scored": time.strftime("%Y-%m-%d")}
+    shipped = {}
     for mode in args.modes:
         folder = out / FOLDER[mode]
         try:
-            bundle = build.convert_dtln(weights, mode, str(folder), force=True, name=f"{args.name}-{FOLDER[mode]}",
+            bundle = convert(weights, mode, str(folder), force=True, name=f"{name}-{FOLDER[mode]}",
                                         verify_audio=verify, verify_names=[e.name for e in examples],
                                         calib_audio=calib or None, source=weights_path.name, progress=build.TERMINAL)
         except VerificationError as exc:
@@ -66,10 +75,46 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mode} {label}: PESQ {r['means']['pesq_wb']:.3f} STOI {r['means']['stoi']:.3f} "
                   f"SI-SDR {r['means']['si_sdr']:.2f}", file=sys.stderr)
         results["modes"][mode] = entry
+        shipped[mode] = bundle
+    if "none" in shipped and (vbd / "noisy").is_dir():
+        for mode, snr in pooled_snr(shipped, sorted((vbd / "noisy").glob("*.wav"))).items():
+            results["modes"][mode]["vbd23_snr_vs_float32_db"] = snr
+            print(f"{mode}: {snr:.1f} dB SNR against float32, pooled over VBD-23", file=sys.stderr)
     with open(out / "scores.json", "w") as f:
         json.dump(results, f, indent=1)
         f.write("\n")
     return 0
+
+
+def family_of(path: str) -> str:
+    """``poconet`` for our PoCoNet h5 (attribute ``family``), else ``dtln``; a bad file fails later, by name."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "poconet" if f.attrs.get("family") == "poconet" else "dtln"
+    except OSError:
+        return "dtln"
+
+
+def pooled_snr(bundles: dict, files: list[Path]) -> dict[str, float]:
+    """Each mode's output against the float32 bundle's (``bundles["none"]``), energy pooled over ``files``."""
+    import numpy as np
+
+    import edge
+
+    from .data import load_files
+
+    inputs = load_files(files)
+    ref = [edge.denoise(x, bundles["none"]) for x in inputs]
+    energy = sum(float(np.sum(np.square(r, dtype=np.float64))) for r in ref)
+    out = {}
+    for mode, bundle in bundles.items():
+        if mode == "none":
+            continue
+        err = sum(float(np.sum(np.square(edge.denoise(x, bundle) - r, dtype=np.float64))) for x, r in zip(inputs, ref))
+        out[mode] = round(float(10 * np.log10(energy / max(err, 1e-30))), 1)
+    return out
 
 
 if __name__ == "__main__":

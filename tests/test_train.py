@@ -90,3 +90,31 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_data, tmp_path, capsys)
 
     assert main(["--out", str(tmp_path / "none"), "--data", str(tiny_data), "--resume"]) == 2
     assert "state.json not found" in capsys.readouterr().err
+
+
+def test_spectral_loss_tracks_the_error_and_has_gradients():
+    import tensorflow as tf
+
+    from convert.train import spectral_loss
+
+    clean = np.stack([sf.read(EXAMPLE.parent / "p232_013_clean.wav", dtype="float32")[0][:16000]] * 2)
+    rng = np.random.default_rng(1)
+    losses = [float(spectral_loss(clean, clean + s * rng.standard_normal(clean.shape).astype("float32")))
+              for s in (0.001, 0.01, 0.1)]
+    assert losses[0] < losses[1] < losses[2]  # negative SNR: more error, higher loss
+    assert float(spectral_loss(clean, 0.5 * clean)) > losses[0]  # unlike SI-SDR it hears the level
+    est = tf.Variable(np.zeros_like(clean))  # silence: the magnitude's gradient must stay finite at 0
+    with tf.GradientTape() as tape:
+        loss = spectral_loss(clean, est)
+    assert np.isfinite(tape.gradient(loss, est).numpy()).all()
+
+
+def test_spectral_term_is_logged_and_resume_keeps_the_loss(tiny_data, tmp_path, capsys):
+    from convert.train import main
+
+    log = _train(tiny_data, tmp_path / "s", "--epochs", "1", "--spectral", "0.5")
+    epoch = [r for r in log if r["event"] == "epoch"][0]
+    assert epoch["dev_loss"] == pytest.approx(-epoch["dev_si_sdr"] - 0.5 * epoch["dev_spectral_snr"], abs=0.01)
+    args = ["--out", str(tmp_path / "s"), "--data", str(tiny_data), "--units", "16", "--resume", "--epochs", "2"]
+    assert main(args) == 2
+    assert "--spectral 0.5" in capsys.readouterr().err

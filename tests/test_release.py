@@ -1,0 +1,46 @@
+"""convert.release helpers: family detection from the file's contents, pooled SNR between bundles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from .conftest import EXAMPLE, noise_audio, small_weights
+
+pytest.importorskip("tensorflow", reason="convert needs the [convert] extra (TensorFlow)")
+
+
+def test_family_is_read_from_the_file_not_its_name(tmp_path):
+    from convert import dtln, poconet
+    from convert.release import family_of
+
+    dtln.save_weights(small_weights(), str(tmp_path / "poconet_named.h5"))
+    poconet.save_weights(poconet.PoCoNetWeights.random(poconet.PoCoNetConfig(), seed=0),
+                         str(tmp_path / "dtln_named.h5"))
+    assert family_of(str(tmp_path / "poconet_named.h5")) == "dtln"
+    assert family_of(str(tmp_path / "dtln_named.h5")) == "poconet"
+
+
+def test_pooled_snr_is_energy_pooled_over_files(small_bundle, tmp_path):
+    import edge
+    from convert.build import convert_dtln
+    from convert.release import pooled_snr
+
+    f16 = convert_dtln(small_weights(), "float16", str(tmp_path / "f16"), verify_audio=[noise_audio()],
+                       verify_names=["noise"])
+    f32 = edge.load_bundle(small_bundle)
+    x, sr = sf.read(EXAMPLE, dtype="float32")
+    parts = (x[: len(x) // 3], 0.1 * x[len(x) // 3:])  # a loud and a quiet file: pooling weights by energy
+    files = []
+    for k, part in enumerate(parts):
+        files.append(tmp_path / f"{k}.wav")
+        sf.write(files[-1], part, sr)
+    got = pooled_snr({"none": f32, "float16": f16}, files)
+    ref = [edge.denoise(p, f32) for p in parts]
+    out = [edge.denoise(p, f16) for p in parts]
+    want = 10 * np.log10(sum(np.sum(r.astype(np.float64) ** 2) for r in ref)
+                         / sum(np.sum((o - r).astype(np.float64) ** 2) for o, r in zip(out, ref)))
+    assert set(got) == {"float16"}
+    assert got["float16"] == pytest.approx(want, abs=0.06)
+    assert 50 < got["float16"] < 120  # float16 weights: a real, finite error
