@@ -59,10 +59,14 @@ def _poconet_config(args, out: Path):
     """(PoCoNetConfig, initial weights or None): the run's own on --resume, --init's, else default + --model-config."""
     from . import poconet
 
-    if args.qat or args.model_config and (args.init or args.resume):
-        raise ConvertError("poconet: --qat is DTLN-only, and --model-config cannot change an --init or --resume model")
+    if args.qat:
+        raise ConvertError("poconet: --qat is DTLN-only")
     if args.resume and (out / "last.h5").exists():
+        if "model_config" in getattr(args, "given", ()):
+            raise ConvertError("poconet: --model-config cannot change a --resume model")
         return poconet.load_weights(str(out / "last.h5")).config, None
+    if args.model_config and args.init:
+        raise ConvertError("poconet: --model-config cannot change an --init model")
     if args.init:
         init = poconet.load_weights(args.init)
         return init.config, init
@@ -125,7 +129,11 @@ class Log:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for action in parser._actions:  # a second pass without defaults: what was given on the command line
+        action.default = argparse.SUPPRESS
+    args.given = set(vars(parser.parse_args(argv)))
     try:
         return train(args)
     except ConvertError as exc:
@@ -134,6 +142,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args) -> int:
+    out = Path(args.out)
+    state_path = out / "state.json"
+    resumed = None
+    if args.resume:
+        if not state_path.exists():
+            raise ConvertError(f"--resume: {state_path} not found")
+        resumed = json.loads(state_path.read_text())
+        stored = resumed["config"]
+        # the run's recipe goes on: what the command line does not give comes from state.json
+        for key, value in stored.items():
+            if key not in getattr(args, "given", ()) and key not in ("out", "resume", "max_hours"):
+                setattr(args, key, value)
+        if stored.get("family", "dtln") != args.family:
+            raise ConvertError(f"--resume: {out} trains a {stored.get('family', 'dtln')} model, "
+                               f"not --family {args.family}")
+        if stored.get("spectral", 0.0) != args.spectral:
+            raise ConvertError(f"--resume: {out} was trained with --spectral {stored.get('spectral', 0.0)}; "
+                               "its best dev loss only compares under the same loss")
+    config = {k: v for k, v in vars(args).items() if k != "given"}
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
@@ -146,10 +173,8 @@ def train(args) -> int:
 
     from .dtln import DTLNConfig, DTLNWeights, build_training_model, get_model_weights, load_weights, save_weights
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out / "log.jsonl")
-    state_path = out / "state.json"
     root = Path(args.data) if args.data else shared_data()
     sp_files, no_files = corpus(root, "train") if root.is_dir() else ([], [])
     sp_files += find_audio(args.speech)
@@ -179,8 +204,11 @@ def train(args) -> int:
 
         from .dtln import set_model_weights
 
-        init = load_weights(args.init) if args.init else None
-        cfg = init.config if init else DTLNConfig(units=args.units, norm_mag=not args.plain)
+        if resumed and (out / "last.h5").exists():  # the architecture of the run itself, not of its --init
+            init, cfg = None, load_weights(str(out / "last.h5")).config
+        else:
+            init = load_weights(args.init) if args.init else None
+            cfg = init.config if init else DTLNConfig(units=args.units, norm_mag=not args.plain)
         if args.qat:
             cfg = replace(cfg, qat=True, gate_clip=args.gate_clip, cell_clip=args.cell_clip)
         seg = _segment_samples(args.segment)
@@ -189,17 +217,10 @@ def train(args) -> int:
     opt = keras.optimizers.Adam(learning_rate=args.lr, clipnorm=args.clipnorm)
     opt.build(model.trainable_variables)
     st = {"epoch": 0, "step": 0, "lr": args.lr, "best_dev": None, "bad_epochs": 0, "lr_bad_epochs": 0,
-          "seconds": 0.0, "config": vars(args)}
-    if args.resume:
-        if not state_path.exists():
-            raise ConvertError(f"--resume: {state_path} not found")
-        st = json.loads(state_path.read_text())
-        if st["config"].get("family", "dtln") != args.family:
-            raise ConvertError(f"--resume: {out} trains a {st['config'].get('family', 'dtln')} model, "
-                               f"not --family {args.family}")
-        if st["config"].get("spectral", 0.0) != args.spectral:
-            raise ConvertError(f"--resume: {out} was trained with --spectral {st['config'].get('spectral', 0.0)}; "
-                               "its best dev loss only compares under the same loss")
+          "seconds": 0.0, "config": config}
+    if resumed:
+        st = resumed
+        st["config"] = config
         w = load_weights(str(out / "last.h5"))
         set_model_weights(model, w)
         arrs = np.load(out / "optimizer.npz")

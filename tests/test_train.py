@@ -115,6 +115,17 @@ def test_spectral_term_is_logged_and_resume_keeps_the_loss(tiny_data, tmp_path, 
     log = _train(tiny_data, tmp_path / "s", "--epochs", "1", "--spectral", "0.5")
     epoch = [r for r in log if r["event"] == "epoch"][0]
     assert epoch["dev_loss"] == pytest.approx(-epoch["dev_si_sdr"] - 0.5 * epoch["dev_spectral_snr"], abs=0.01)
-    args = ["--out", str(tmp_path / "s"), "--data", str(tiny_data), "--units", "16", "--resume", "--epochs", "2"]
+    args = ["--out", str(tmp_path / "s"), "--data", str(tiny_data), "--resume", "--epochs", "2", "--spectral", "0"]
     assert main(args) == 2
     assert "--spectral 0.5" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_runs_recipe(tiny_data, tmp_path):
+    from convert.train import main
+
+    _train(tiny_data, tmp_path / "r", "--epochs", "1", "--spectral", "0.25")
+    # only the folder: batch, segment, steps, units, seed, spectral ... come from state.json
+    assert main(["--out", str(tmp_path / "r"), "--data", str(tiny_data), "--resume", "--epochs", "2"]) == 0
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert state["step"] == 6 and state["epoch"] == 2  # 3 steps per epoch, not the default 400
+    assert state["config"]["batch"] == 2 and state["config"]["units"] == 16 and state["config"]["spectral"] == 0.25
