@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    from .quiet import import_tensorflow
+
+    import_tensorflow()
     from edge.errors import AudioError
 
     from . import build, data

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -27,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devmix", metavar="DIR", default=None, help="dev mixes from python -m convert.devset")
     p.add_argument("--name", default=None, help="bundle name prefix (default: the --out folder's name)")
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .quiet import import_tensorflow
+
+    import_tensorflow()
     from edge.evaluate import evaluate, _pairs
     from edge.options import Options
 

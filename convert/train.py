@@ -161,9 +161,9 @@ def train(args) -> int:
             raise ConvertError(f"--resume: {out} was trained with --spectral {stored.get('spectral', 0.0)}; "
                                "its best dev loss only compares under the same loss")
     config = {k: v for k, v in vars(args).items() if k != "given"}
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from .quiet import import_tensorflow
 
+    tf = import_tensorflow()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
+import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -70,6 +74,40 @@ def interpreter_package(preferred: str | None = None) -> InterpreterPackage:
     return _cached
 
 
+_BANNER = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+_first = True
+
+
+@contextlib.contextmanager
+def _without_banner():
+    """Drop the XNNPACK banner the native library prints once per process on descriptor 2.
+
+    Everything else written there meanwhile (other threads included) is passed on afterwards.
+    """
+    global _first
+    if not _first:
+        yield
+        return
+    _first = False
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable descriptor 2 (embedded, closed): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            rest = b"".join(line for line in tmp.readlines() if not line.startswith(_BANNER))
+            if rest:
+                os.write(2, rest)
+
+
 def make_interpreter(model_content: bytes, num_threads: int = 1, xnnpack: bool = True) -> Any:
     """Create an interpreter for one ``.tflite`` flatbuffer, tensors allocated."""
     pkg = interpreter_package()
@@ -79,6 +117,7 @@ def make_interpreter(model_content: bytes, num_threads: int = 1, xnnpack: bool =
         resolver = getattr(importlib.import_module(pkg.factory.__module__), "OpResolverType", None)
         if resolver is not None:
             kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interp = pkg.factory(**kwargs)
-    interp.allocate_tensors()
+    with _without_banner():
+        interp = pkg.factory(**kwargs)
+        interp.allocate_tensors()
     return interp

@@ -118,6 +118,7 @@ def test_raw_pcm_stdin_stdout(small_bundle, tmp_path):
     out = subprocess.run([sys.executable, "-m", "edge.cli", "denoise", "--model", small_bundle, "-", "-q"],
                          input=x.tobytes(), capture_output=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr.decode()
+    assert out.stderr == b""  # -q: nothing at all, not even the native XNNPACK banner
     y = np.frombuffer(out.stdout, "<i2")
     assert len(y) == len(x)
     ref = edge.denoise(x.astype(np.float32) / 32768, small_bundle)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -158,3 +160,14 @@ def test_weights_round_trip(tmp_path):
     for k, ws in w.arrays.items():
         for a, b in zip(ws, back.arrays[k]):
             np.testing.assert_array_equal(a, b)
+
+
+def test_quiet_conversion_prints_only_the_bundle_path(small_h5, tmp_path):
+    """TensorFlow's start-up banner and the XNNPACK line never reach the user (fresh process)."""
+    out = tmp_path / "q"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    run = subprocess.run([sys.executable, "-m", "convert", "--weights", small_h5, "--output", str(out), "-q",
+                          "--verify-audio", str(EXAMPLE)], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(out) and run.stderr == ""

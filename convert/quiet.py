@@ -1,0 +1,37 @@
+"""Import TensorFlow without its start-up banner.
+
+TensorFlow 2.21 writes absl/oneDNN/CUDA lines to file descriptor 2 while it loads, whatever
+``TF_CPP_MIN_LOG_LEVEL`` says. The converter's commands promise quiet output, so the import (and
+the device probe that prints the cuInit line) runs with descriptor 2 sent to a temporary file,
+which is shown only if the import fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+
+def import_tensorflow():
+    """``tensorflow``, imported once with its C++ start-up output swallowed."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        except BaseException:
+            os.dup2(saved, 2)
+            tmp.seek(0)
+            sys.stderr.write(tmp.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return tf
