@@ -79,3 +79,46 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {os.path.relpath(path, REPO)}", file=sys.stderr)
     return path
+
+
+def example_hops(seconds: float, hop: int = 128):
+    """The example recording at 16 kHz, repeated to ``seconds``, cut into hops of ``hop`` samples."""
+    import numpy as np
+
+    from edge.audio import read_audio, to_mono_rate
+
+    x, sr, _ = read_audio(str(EXAMPLE))
+    x = to_mono_rate(x, sr, 16000)
+    n = int(seconds * 16000) // hop * hop
+    audio = np.resize(x, n).astype(np.float32)
+    return [audio[i:i + hop] for i in range(0, n, hop)]
+
+
+def interleaved(dens: dict[str, Any], hops: list, rounds: int, reference: str,
+                ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Whole-loop ms per hop of each streaming denoiser, rounds in alternating order.
+
+    Returns (times, ratios): per name the ms/hop of every round, and its ratio to ``reference``
+    taken within the same round (the noise of a shared machine mostly cancels in the ratio).
+    """
+    import time
+
+    times: dict[str, list[float]] = {m: [] for m in dens}
+    ratios: dict[str, list[float]] = {m: [] for m in dens}
+    for den in dens.values():  # warm-up
+        for h in hops[:200]:
+            den.process(h)
+    for r in range(rounds):
+        this = {}
+        for m in (list(dens) if r % 2 == 0 else list(dens)[::-1]):
+            den = dens[m]
+            den.reset()
+            t0 = time.perf_counter()
+            for h in hops:
+                den.process(h)
+            this[m] = (time.perf_counter() - t0) * 1e3 / len(hops)
+            times[m].append(this[m])
+        for m in dens:
+            ratios[m].append(this[m] / this[reference])
+        print(f"round {r + 1}: " + "  ".join(f"{m} {this[m]:.4f}" for m in dens), file=sys.stderr)
+    return times, ratios

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
-from common import EXAMPLE, REPO, RESULTS, skip, summary, write_result  # noqa: I001
+from common import REPO, example_hops, interleaved, skip, summary, write_result  # noqa: I001
 
 import edge  # noqa: E402
 
@@ -33,33 +30,9 @@ def main() -> int:
     bundles = {m: edge.load_bundle(base / m) for m in ORDER if (base / m / "manifest.json").is_file()}
     if "float32" not in bundles:
         skip(f"no float32 bundle under {base}")
-    from edge.audio import read_audio, to_mono_rate
-
-    x, sr, _ = read_audio(str(EXAMPLE))
-    x = to_mono_rate(x, sr, 16000)
-    n = int(args.seconds * 16000) // 128 * 128
-    audio = np.resize(x, n).astype(np.float32)
+    hops = example_hops(args.seconds)
     dens = {m: edge.StreamingDenoiser(b, edge.Options(num_threads=1)) for m, b in bundles.items()}
-    times: dict[str, list[float]] = {m: [] for m in dens}
-    ratios: dict[str, list[float]] = {m: [] for m in dens}
-    hops = [audio[i:i + 128] for i in range(0, n, 128)]
-    for den in dens.values():  # warm-up
-        for h in hops[:200]:
-            den.process(h)
-    for r in range(args.rounds):
-        order = list(dens) if r % 2 == 0 else list(dens)[::-1]
-        this = {}
-        for m in order:
-            den = dens[m]
-            den.reset()
-            t0 = time.perf_counter()
-            for h in hops:
-                den.process(h)
-            this[m] = (time.perf_counter() - t0) * 1e3 / len(hops)
-            times[m].append(this[m])
-        for m in dens:
-            ratios[m].append(this[m] / this["float32"])
-        print(f"round {r + 1}: " + "  ".join(f"{m} {this[m]:.4f}" for m in dens), file=sys.stderr)
+    times, ratios = interleaved(dens, hops, args.rounds, "float32")
     rows, goals = [], []
     for m in dens:
         t, r = summary(times[m]), summary(ratios[m], 3)

@@ -20,7 +20,7 @@ import edge
 from edge.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, SubmodelSpec, TensorSpec, load_bundle, sha256_bytes
 from edge.interpreter import interpreter_package
 
-from .dtln import DTLNWeights, StreamOptions, build_streaming_models, stream_options_for
+from .dtln import DTLNWeights, StreamOptions, budget, build_streaming_models, stream_options_for
 from .errors import ConvertError, VerificationError
 from .export import MODES, op_names, tensor_table, to_tflite
 from .verify import TOLERANCE_DB, compare, keras_denoiser, run_stream
@@ -118,12 +118,13 @@ class _Plan:
 def _dtln_plan(weights: DTLNWeights, mode: str, opts: StreamOptions | None, source: str) -> _Plan:
     cfg = weights.config
     opts = stream_options_for(mode, cfg, opts)
+    fig = budget(cfg)
     family_options = {"frame_rms_norm": opts.frame_rms_norm, "log_mag": bool(opts.log_mag_outside and cfg.norm_mag)}
     return _Plan(
         family="dtln", window="none", family_options=family_options, pairs=build_streaming_models(weights, opts),
         reference=build_streaming_models(weights, stream_options_for("none", cfg)), reference_options={},
         model={"config": asdict(cfg), "parameters": int(sum(a.size for ws in weights.arrays.values() for a in ws)),
-               "source": source},
+               "macs_per_frame": fig["macs_per_frame"], "macs_per_second": fig["macs_per_second"], "source": source},
         converter_options=asdict(opts),
         int8_hint=(" Full int8 needs a model fine-tuned for it (python -m convert.train --qat ...); for this "
                    "checkpoint use --quantize dynamic (int8 weights) or --quantize int16x8."))

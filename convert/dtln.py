@@ -81,6 +81,15 @@ def layer_shapes(cfg: DTLNConfig) -> list[tuple[str, list[tuple[int, ...]]]]:
     return out
 
 
+def budget(cfg: DTLNConfig) -> dict[str, float]:
+    """Parameters and multiply-accumulates per frame: one MAC per weight of every matrix (LSTM kernels,
+    dense layers, the stage-2 encoder/decoder bases); norms, biases and gates are left out (< 1 %)."""
+    shapes = [s for _, ws in layer_shapes(cfg) for s in ws]
+    macs = sum(int(np.prod(s)) for s in shapes if len(s) >= 2)
+    return {"parameters": sum(int(np.prod(s)) for s in shapes), "macs_per_frame": macs,
+            "macs_per_second": macs * 16000 // cfg.block_shift}
+
+
 @dataclass(frozen=True)
 class DTLNWeights:
     """All weights of one DTLN by canonical layer name, plus its config."""

@@ -171,3 +171,17 @@ def test_quiet_conversion_prints_only_the_bundle_path(small_h5, tmp_path):
                           "--verify-audio", str(EXAMPLE)], capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == str(out) and run.stderr == ""
+
+
+def test_dtln_budget_counts_the_model(small_bundle):
+    from convert.dtln import DTLNConfig, budget, build_training_model
+
+    cfg = DTLNConfig(norm_mag=True)
+    fig = budget(cfg)
+    assert fig["parameters"] == build_training_model(cfg).count_params()
+    # stage 1: LSTMs 257->128, 128->128 and dense 128->257; stage 2: bases 512<->256, LSTMs, dense 128->256
+    assert fig["macs_per_frame"] == 4 * 128 * (257 + 128) + 4 * 128 * 256 + 128 * 257 \
+        + 2 * 512 * 256 + 4 * 128 * (256 + 128) + 4 * 128 * 256 + 128 * 256
+    assert fig["macs_per_second"] == fig["macs_per_frame"] * 125
+    model = edge.load_bundle(small_bundle).manifest["model"]
+    assert model["macs_per_second"] == budget(small_weights().config)["macs_per_second"]
