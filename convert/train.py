@@ -217,7 +217,7 @@ def train(args) -> int:
     opt = keras.optimizers.Adam(learning_rate=args.lr, clipnorm=args.clipnorm)
     opt.build(model.trainable_variables)
     st = {"epoch": 0, "step": 0, "lr": args.lr, "best_dev": None, "bad_epochs": 0, "lr_bad_epochs": 0,
-          "seconds": 0.0, "config": config}
+          "seconds": 0.0, "audio_seconds": 0.0, "config": config}
     if resumed:
         st = resumed
         st["config"] = config
@@ -280,6 +280,9 @@ def train(args) -> int:
         st["epoch"] += 1
         elapsed = time.time() - te
         st["seconds"] += elapsed
+        # counted per epoch: a resumed run may change the batch or segment
+        st["audio_seconds"] = st.get("audio_seconds", (st["step"] - args.steps_per_epoch) * args.batch * seg / RATE) \
+            + args.steps_per_epoch * args.batch * seg / RATE
         improved = st["best_dev"] is None or d < st["best_dev"] - 0.01
         weights = get_model_weights(model, cfg)
         save_weights(weights, str(out / "last.h5"))
@@ -298,7 +301,7 @@ def train(args) -> int:
             dev_si_sdr=round(-d_si, 3), dev_spectral_snr=round(-d_spec, 3),
             **({"dev_loss": round(d, 3), "best_dev_loss": round(st["best_dev"], 3)} if args.spectral
                else {"best_dev_si_sdr": round(-st["best_dev"], 3)}), lr=st["lr"],
-            audio_hours=round(st["step"] * args.batch * seg / RATE / 3600, 2),
+            audio_hours=round(st["audio_seconds"] / 3600, 2),
             audio_per_s=round(args.steps_per_epoch * args.batch * seg / RATE / elapsed, 1),
             wall_hours=round(st["seconds"] / 3600, 3))
         state_path.write_text(json.dumps(st, indent=1))

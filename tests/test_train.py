@@ -129,3 +129,9 @@ def test_resume_keeps_the_runs_recipe(tiny_data, tmp_path):
     state = json.loads((tmp_path / "r" / "state.json").read_text())
     assert state["step"] == 6 and state["epoch"] == 2  # 3 steps per epoch, not the default 400
     assert state["config"]["batch"] == 2 and state["config"]["units"] == 16 and state["config"]["spectral"] == 0.25
+    # resumed with a bigger batch: the audio seen is counted per epoch, not as step x batch
+    assert main(["--out", str(tmp_path / "r"), "--data", str(tiny_data), "--resume", "--epochs", "3",
+                 "--batch", "4"]) == 0
+    seg = 7936 / 16000  # 0.5 s rounded to 512 + k * 128 samples
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert state["audio_seconds"] == pytest.approx((6 * 2 + 3 * 4) * seg)
