@@ -23,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model family of the weights: dtln, or poconet (our causal U-Net; default: dtln)")
     p.add_argument("--weights", metavar="FILE", default=None,
                    help=f"weights (.h5; dtln: published or ours; poconet: written by python -m convert.train "
-                        f"--family poconet; default: the shipped {default_paths()['weights'].name} or "
-                        f"{default_paths()['poconet_weights'].name})")
+                        "--family poconet; default: the shipped weights, pretrained_model/dtln-16k/ (for "
+                        "--quantize int8: dtln-16k-int8/, fine-tuned for full integer) or poconet-16k/)")
     p.add_argument("--quantize", choices=MODES, default="none",
                    help="none = float32 (the reference); float16; dynamic = int8 weights; int8 = full integer; "
                         "int16x8 = int16 activations, int8 weights (default: none)")
@@ -66,7 +66,9 @@ def _run(args) -> int:
     from .dtln import load_weights, with_block_shift
 
     paths = build.default_paths()
-    default = paths["poconet_weights" if args.family == "poconet" else "weights"]
+    # the shipped DTLN for full int8 is the one fine-tuned for it (its model card says why there are two)
+    default = paths["poconet_weights" if args.family == "poconet" else
+                    "int8_weights" if args.quantize == "int8" else "weights"]
     weights_path = args.weights or str(default)
     if args.weights is None and not os.path.exists(weights_path):
         raise ConvertError(f"no --weights given and the shipped weights {weights_path} are missing")

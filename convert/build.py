@@ -126,8 +126,11 @@ def _dtln_plan(weights: DTLNWeights, mode: str, opts: StreamOptions | None, sour
         model={"config": asdict(cfg), "parameters": int(sum(a.size for ws in weights.arrays.values() for a in ws)),
                "macs_per_frame": fig["macs_per_frame"], "macs_per_second": fig["macs_per_second"], "source": source},
         converter_options=asdict(opts),
-        int8_hint=(" Full int8 needs a model fine-tuned for it (python -m convert.train --qat ...); for this "
-                   "checkpoint use --quantize dynamic (int8 weights) or --quantize int16x8."))
+        int8_hint=((" This model was fine-tuned with --qat and still misses: quiet-bin detail (e.g. from a "
+                    "--spectral loss) is what int8 loses first. The shipped pretrained_model/dtln-16k-int8 is "
+                    "fine-tuned for it" if cfg.qat else
+                    " Full int8 needs a model fine-tuned for it (python -m convert.train --qat ...)")
+                   + "; for this checkpoint use --quantize dynamic (int8 weights) or --quantize int16x8."))
 
 
 def _poconet_plan(weights, mode: str, source: str) -> _Plan:
@@ -301,6 +304,7 @@ def _write_manifest(folder: str, manifest: dict) -> None:
 
 def default_paths() -> dict[str, Path]:
     return {"weights": REPO / "pretrained_model" / "dtln-16k" / "dtln_weights.h5",
+            "int8_weights": REPO / "pretrained_model" / "dtln-16k-int8" / "dtln_weights.h5",
             "poconet_weights": REPO / "pretrained_model" / "poconet-16k" / "poconet_weights.h5",
             "examples": REPO / "examples"}
 

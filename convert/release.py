@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vbd", metavar="DIR", default=None,
                    help="VoiceBank-DEMAND test folder with clean/ and noisy/ (default: ../shared/data/test/vbd_test)")
     p.add_argument("--devmix", metavar="DIR", default=None, help="dev mixes from python -m convert.devset")
+    p.add_argument("--keep-level", action="store_true",
+                   help="dtln: ship the output level as trained (default: a model trained on the scale-free SI-SDR "
+                        "alone gets its decoder scaled so that its output level matches clean speech on the dev mixes)")
     p.add_argument("--name", default=None, help="bundle name prefix (default: the --out folder's name)")
     args = p.parse_args(argv)
     from .quiet import import_tensorflow
@@ -48,11 +51,21 @@ def main(argv: list[str] | None = None) -> int:
         from .dtln import load_weights
         convert = build.convert_dtln
     weights = load_weights(str(weights_path))
+    level = None
+    if family == "dtln" and not args.keep_level:
+        weights, level = leveled(weights)
+        if level is not None:
+            from .dtln import save_weights
+
+            save_weights(weights, str(weights_path))
+            print(f"output level: decoder scaled by {level['gain_db']:+.2f} dB"
+                  f"{' and inverted' if level['inverted'] else ''} (least squares on the dev mixes)", file=sys.stderr)
     examples = build.example_files()
     verify = data.load_files(examples)
     calib = data.dev_mixes()
     vbd = Path(args.vbd) if args.vbd else data.shared_data() / "test" / "vbd_test"
-    results: dict = {"family": family, "weights": weights_path.name, "modes": {}, "scored": time.strftime("%Y-%m-%d")}
+    results: dict = {"family": family, "weights": weights_path.name, "output_level_fix": level, "modes": {},
+                     "scored": time.strftime("%Y-%m-%d")}
     shipped = {}
     for mode in args.modes:
         folder = out / FOLDER[mode]
@@ -85,6 +98,40 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(results, f, indent=1)
         f.write("\n")
     return 0
+
+
+LEVEL_TOLERANCE_DB = 0.5
+"""Output level errors below this are left alone."""
+
+
+def leveled(weights, dev_count: int = 128):
+    """(weights, {gain_db, inverted} or None): DTLN's decoder scaled by the least-squares output gain on the dev mixes.
+
+    SI-SDR is blind to scale and sign, and a magnitude loss to sign, so a model trained on them may come
+    out louder or quieter than the speech it estimates, or with its polarity inverted (seen: x -0.5).
+    The decoder is linear and last, so scaling its weights scales the output exactly. Returns the
+    weights unchanged and None when the gain is positive and within ``LEVEL_TOLERANCE_DB`` of 0 dB,
+    or when the dev data is absent.
+    """
+    import numpy as np
+
+    from .data import dev_set
+    from .dtln import DTLNWeights, build_training_model
+
+    dev = dev_set(count=dev_count)
+    if dev is None:
+        return weights, None
+    noisy, clean = dev
+    model = build_training_model(weights.config, weights)
+    est = np.concatenate([np.asarray(model(noisy[i:i + 16], training=False)) for i in range(0, len(noisy), 16)])
+    n = min(est.shape[1], clean.shape[1])
+    gain = float(np.sum(clean[:, :n] * est[:, :n]) / np.sum(np.square(est[:, :n], dtype=np.float64)))
+    gain_db = 20 * np.log10(abs(gain))
+    if gain > 0 and abs(gain_db) < LEVEL_TOLERANCE_DB:
+        return weights, None
+    arrays = dict(weights.arrays)
+    arrays["decoder"] = [a * np.float32(gain) for a in arrays["decoder"]]
+    return DTLNWeights(weights.config, arrays), {"gain_db": round(float(gain_db), 2), "inverted": gain < 0}
 
 
 def family_of(path: str) -> str:

@@ -16,12 +16,12 @@ from .errors import AudioError, BundleError, EdgeError
 from .options import Options
 from .stream import StreamingDenoiser
 
-SHIPPED = ("pretrained_model/dtln-16k/int8", "pretrained_model/dtln-16k/dynamic",
-           "pretrained_model/dtln-16k/float32")
+SHIPPED = ("pretrained_model/dtln-16k/dynamic", "pretrained_model/dtln-16k/float32",
+           "pretrained_model/dtln-16k-int8/int8")
 
 
 def default_model() -> str:
-    """``$EDGE_DENOISE_MODEL``, else the shipped bundle (int8, dynamic, float32: first found)."""
+    """``$EDGE_DENOISE_MODEL``, else the shipped bundle (dtln-16k dynamic, its float32, dtln-16k-int8: first found)."""
     env = os.environ.get("EDGE_DENOISE_MODEL")
     if env:
         return env
@@ -29,8 +29,8 @@ def default_model() -> str:
         for rel in SHIPPED:
             if (base / rel / "manifest.json").is_file():
                 return str(base / rel)
-    raise BundleError("no --model given and no shipped bundle found (looked for pretrained_model/dtln-16k/"
-                      "{int8,dynamic,float32}); pass --model DIR or set EDGE_DENOISE_MODEL")
+    raise BundleError("no --model given and no shipped bundle found (looked for " + ", ".join(SHIPPED)
+                      + "); pass --model DIR or set EDGE_DENOISE_MODEL")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -44,3 +44,18 @@ def test_pooled_snr_is_energy_pooled_over_files(small_bundle, tmp_path):
     assert set(got) == {"float16"}
     assert got["float16"] == pytest.approx(want, abs=0.06)
     assert 50 < got["float16"] < 120  # float16 weights: a real, finite error
+
+
+def test_level_fix_undoes_a_louder_inverted_decoder():
+    from convert.dtln import DTLNWeights, load_weights
+    from convert.release import leveled
+
+    from .conftest import DATA, REFERENCE, need
+
+    need(DATA / "speech" / "dev", "the dev speech (../shared/data)")
+    w = load_weights(str(need(REFERENCE / "model.h5", "the published DTLN model.h5")))
+    assert leveled(w, dev_count=24)[1] is None  # the published model is level- and polarity-true
+    flipped = DTLNWeights(w.config, {**w.arrays, "decoder": [-2 * a for a in w.arrays["decoder"]]})
+    fixed, level = leveled(flipped, dev_count=24)
+    assert level["inverted"] and level["gain_db"] == pytest.approx(-6.0, abs=0.2)
+    np.testing.assert_allclose(fixed.arrays["decoder"][0], w.arrays["decoder"][0], rtol=0.05, atol=1e-4)
