@@ -1,6 +1,7 @@
 """DTLN beside the PoCoNet-style U-Net: size, compute, latency and whole-loop time per block, one process.
 
-    python bench/families.py [--models pretrained_model/dtln-16k pretrained_model/poconet-16k]
+    python bench/families.py [--models pretrained_model/dtln-16k pretrained_model/dtln-16k-int8
+                              pretrained_model/poconet-16k]
                              [--modes float32 dynamic int8] [--rounds 9] [--seconds 10]
 
 Writes bench/results/families.json: for each model and mode the median/min/max ms per 8 ms block of
@@ -22,8 +23,8 @@ import edge  # noqa: E402
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=[str(REPO / "pretrained_model" / "dtln-16k"),
-                                                   str(REPO / "pretrained_model" / "poconet-16k")])
+    p.add_argument("--models", nargs="+", default=[str(REPO / "pretrained_model" / m)
+                                                   for m in ("dtln-16k", "dtln-16k-int8", "poconet-16k")])
     p.add_argument("--modes", nargs="+", default=["float32", "dynamic", "int8"])
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--seconds", type=float, default=10.0)
