@@ -7,6 +7,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -70,10 +71,29 @@ def device() -> dict[str, Any]:
     return device_facts(Options(num_threads=1))
 
 
+def portable(value: Any) -> Any:
+    """``value`` with this machine's paths made generic, for committed results.
+
+    The interpreter's bin folder goes (``python``, ``edge-denoise`` remain), the checkout becomes
+    relative, ``WORK`` becomes ``$EDGE_BENCH_WORK`` and any other temporary folder ``$TMPDIR``.
+    """
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    for path, generic in ((os.path.dirname(sys.executable) + os.sep, ""), (str(REPO) + os.sep, ""),
+                          (str(REPO), "."), (str(WORK), "$EDGE_BENCH_WORK"), (tempfile.gettempdir(), "$TMPDIR")):
+        value = value.replace(path, generic)
+    return value
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """bench/results/NAME.json with the envelope every bench result shares."""
-    doc = {"bench": name, "schema_version": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "command": command_line(), "device": device(), **payload}
+    """bench/results/NAME.json with the envelope every bench result shares (machine paths made generic)."""
+    doc = portable({"bench": name, "schema_version": 1,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "command": command_line(), "device": device(), **payload})
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")

@@ -232,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _finish(result: dict, out: str | None, code: int) -> int:
+    from common import portable
+
     result["exit"] = code
-    text = json.dumps(result, indent=1)
+    text = json.dumps(portable(result), indent=1)
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "w") as f:
