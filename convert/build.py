@@ -123,8 +123,8 @@ def _dtln_plan(weights: DTLNWeights, mode: str, opts: StreamOptions | None, sour
     return _Plan(
         family="dtln", window="none", family_options=family_options, pairs=build_streaming_models(weights, opts),
         reference=build_streaming_models(weights, stream_options_for("none", cfg)), reference_options={},
-        model={"config": asdict(cfg), "parameters": int(sum(a.size for ws in weights.arrays.values() for a in ws)),
-               "macs_per_frame": fig["macs_per_frame"], "macs_per_second": fig["macs_per_second"], "source": source},
+        model={"config": asdict(cfg), "parameters": fig["parameters"], "macs_per_frame": fig["macs_per_frame"],
+               "macs_per_second": fig["macs_per_second"], "source": source},
         converter_options=asdict(opts),
         int8_hint=((" This model was fine-tuned with --qat and still misses: quiet-bin detail (e.g. from a "
                     "--spectral loss) is what int8 loses first. The shipped pretrained_model/dtln-16k-int8 is "

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
+
+from edge.interpreter import captured_stderr
 
 
 def import_tensorflow():
@@ -18,20 +19,13 @@ def import_tensorflow():
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
+    lines: list[bytes] = []
+    try:
+        with captured_stderr() as lines:
             import tensorflow as tf
 
             tf.config.list_physical_devices()
-        except BaseException:
-            os.dup2(saved, 2)
-            tmp.seek(0)
-            sys.stderr.write(tmp.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    except BaseException:
+        os.write(2, b"".join(lines))
+        raise
     return tf

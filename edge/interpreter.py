@@ -79,6 +79,31 @@ _first = True
 
 
 @contextlib.contextmanager
+def captured_stderr():
+    """File descriptor 2 (where native libraries write) sent to a temporary file for the block.
+
+    Yields a list that receives the captured lines (bytes) when the block ends, however it ends;
+    the caller decides what to pass on. Without a usable descriptor 2 nothing is captured.
+    """
+    lines: list[bytes] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # embedded, or descriptor 2 closed
+        yield lines
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.readlines())
+
+
+@contextlib.contextmanager
 def _without_banner():
     """Drop the XNNPACK banner the native library prints once per process on descriptor 2.
 
@@ -89,23 +114,14 @@ def _without_banner():
         yield
         return
     _first = False
+    lines: list[bytes] = []
     try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable descriptor 2 (embedded, closed): nothing to filter
-        yield
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
+        with captured_stderr() as lines:
             yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            rest = b"".join(line for line in tmp.readlines() if not line.startswith(_BANNER))
-            if rest:
-                os.write(2, rest)
+    finally:
+        rest = b"".join(line for line in lines if not line.startswith(_BANNER))
+        if rest:
+            os.write(2, rest)
 
 
 def make_interpreter(model_content: bytes, num_threads: int = 1, xnnpack: bool = True) -> Any:
