@@ -9,7 +9,8 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from io import BytesIO
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable
@@ -20,7 +21,7 @@ import edge
 from edge.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, SubmodelSpec, TensorSpec, load_bundle, sha256_bytes
 from edge.interpreter import interpreter_package
 
-from .dtln import DTLNWeights, StreamOptions, budget, build_streaming_models, stream_options_for
+from .dtln import DTLNWeights, StreamOptions, budget, build_streaming_models, runtime_bases, stream_options_for
 from .errors import ConvertError, VerificationError
 from .export import MODES, op_names, tensor_table, to_tflite
 from .verify import TOLERANCE_DB, compare, keras_denoiser, run_stream
@@ -63,7 +64,8 @@ def _tensor_specs(table: dict[str, dict], order) -> tuple[TensorSpec, ...]:
                  for n in order)
 
 
-def stub_bundle(weights, ios, family_options: dict, *, family: str = "dtln", window: str = "none") -> Bundle:
+def stub_bundle(weights, ios, family_options: dict, *, family: str = "dtln", window: str = "none",
+                arrays: dict | None = None) -> Bundle:
     """A Bundle describing Keras submodels (no files): lets the edge framing drive Keras models."""
     cfg = weights.config
 
@@ -76,15 +78,16 @@ def stub_bundle(weights, ios, family_options: dict, *, family: str = "dtln", win
     return Bundle(path="<keras>", name="keras", family=family, sample_rate=16000, block_len=cfg.block_len,
                   block_shift=cfg.block_shift, window=window, latency_samples=cfg.latency_samples,
                   quantization="none", family_options=MappingProxyType(family_options), submodels=subs,
-                  manifest=MappingProxyType({}), sha256="")
+                  manifest=MappingProxyType({}), sha256="",
+                  arrays=MappingProxyType({k: np.asarray(v, np.float32) for k, v in (arrays or {}).items()}))
 
 
 def _calibration(weights, models, ios, family_options, audio, max_blocks: int, *, family: str = "dtln",
-                 window: str = "none") -> dict[str, list]:
+                 window: str = "none", arrays: dict | None = None) -> dict[str, list]:
     """Closed loop: each submodel input recorded with the states the float model itself produced."""
     records: dict[str, list] = {}
-    den = keras_denoiser(stub_bundle(weights, ios, family_options, family=family, window=window), models,
-                         family_options, records)
+    den = keras_denoiser(stub_bundle(weights, ios, family_options, family=family, window=window, arrays=arrays),
+                         models, family_options, records)
     total = 0
     for x in audio:
         x = x[: max(0, max_blocks - total) * weights.config.block_shift]
@@ -113,6 +116,8 @@ class _Plan:
     int8_hint: str = ""
     offline: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None
     """Whole-utterance Keras model on each signal (delay compensated), when the family has one."""
+    arrays: dict = field(default_factory=dict)
+    """Constant arrays the runtime applies itself (name -> array), written as ``NAME.npy``."""
 
 
 def _dtln_plan(weights: DTLNWeights, mode: str, opts: StreamOptions | None, source: str) -> _Plan:
@@ -120,12 +125,16 @@ def _dtln_plan(weights: DTLNWeights, mode: str, opts: StreamOptions | None, sour
     opts = stream_options_for(mode, cfg, opts)
     fig = budget(cfg)
     family_options = {"frame_rms_norm": opts.frame_rms_norm, "log_mag": bool(opts.log_mag_outside and cfg.norm_mag)}
+    arrays = {}
+    if opts.bases_outside:
+        family_options["stage2_bases"] = "runtime"
+        arrays = runtime_bases(weights)
     return _Plan(
         family="dtln", window="none", family_options=family_options, pairs=build_streaming_models(weights, opts),
         reference=build_streaming_models(weights, stream_options_for("none", cfg)), reference_options={},
         model={"config": asdict(cfg), "parameters": fig["parameters"], "macs_per_frame": fig["macs_per_frame"],
                "macs_per_second": fig["macs_per_second"], "source": source},
-        converter_options=asdict(opts),
+        converter_options=asdict(opts), arrays=arrays,
         int8_hint=((" This model was fine-tuned with --qat and still misses: quiet-bin detail (e.g. from a "
                     "--spectral loss) is what int8 loses first. The shipped pretrained_model/dtln-16k-int8 is "
                     "fine-tuned for it" if cfg.qat else
@@ -221,7 +230,7 @@ def _convert_into(plan: _Plan, weights, mode, folder, name, verify_audio, verify
     if mode in ("int8", "int16x8"):
         progress.say(f"calibrating {mode} (closed loop, float model states)")
         records = _calibration(weights, pairs, ios, family_options, calib_audio or verify_audio, calib_blocks,
-                               family=plan.family, window=plan.window)
+                               family=plan.family, window=plan.window, arrays=plan.arrays)
     submodels = []
     ops_all: set[str] = set()
     for model, io in pairs:
@@ -245,6 +254,15 @@ def _convert_into(plan: _Plan, weights, mode, folder, name, verify_audio, verify
             "data_input": io.data_input, "data_output": io.data_output, "states": dict(io.states),
             "ops": ops,
         })
+    arrays = []
+    for aname, a in plan.arrays.items():
+        buf = BytesIO()
+        np.save(buf, a, allow_pickle=False)
+        fname = f"{aname}.npy"
+        with open(os.path.join(folder, fname), "wb") as f:
+            f.write(buf.getvalue())
+        arrays.append({"name": aname, "file": fname, "sha256": sha256_bytes(buf.getvalue()),
+                       "shape": list(a.shape), "dtype": a.dtype.name})
     runtimes = RUNTIMES[mode]
     if mode in ("int8", "int16x8") and "LOG" in ops_all:
         runtimes = LOG_NEEDS
@@ -253,6 +271,7 @@ def _convert_into(plan: _Plan, weights, mode, folder, name, verify_audio, verify
         "sample_rate": 16000, "block_len": cfg.block_len, "block_shift": cfg.block_shift, "window": plan.window,
         "latency_samples": cfg.latency_samples,
         "quantization": mode, "family_options": family_options, "submodels": submodels,
+        **({"arrays": arrays} if arrays else {}),
         "runtimes": runtimes,
         "model": plan.model,
         "converter_options": {**plan.converter_options, "calibration": "closed-loop" if calib else None},

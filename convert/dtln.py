@@ -62,6 +62,11 @@ class StreamOptions:
     """Stage 2 gets its frame divided by its RMS (done by the runtime); the graph is unchanged."""
     log_mag_outside: bool = False
     """Norm variant: the runtime feeds log(|X| + 1e-7), so no LOG op is in the graph."""
+    bases_outside: bool = False
+    """Stage 2's learned analysis and synthesis bases (encoder, decoder) run in the runtime in float32,
+    like the FFT of stage 1: the submodel takes the encoded frame and returns its mask. Full int8 needs
+    it: an int8 synthesis output is rounded on the scale of the loudest frames, which leaves an audible
+    floor under suppressed ones."""
 
 
 def layer_shapes(cfg: DTLNConfig) -> list[tuple[str, list[tuple[int, ...]]]]:
@@ -434,7 +439,10 @@ def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOpt
     out = []
     for stage, prefix, n_in, n_mask in ((1, "mask", cfg.bins, cfg.bins),
                                         (2, "frame", cfg.block_len, cfg.encoder_size)):
-        data_name = "mag" if stage == 1 else "frame"
+        outside = stage == 2 and opts.bases_outside
+        data_name = "mag" if stage == 1 else "enc" if outside else "frame"
+        if outside:
+            n_in = cfg.encoder_size
         x_in = keras.Input(batch_shape=(1, 1, n_in), name=data_name)
         state_in, per_layer, pack = _state_io(keras, prefix, cfg, opts)
         x = ops.reshape(x_in, (1, n_in))
@@ -445,7 +453,7 @@ def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOpt
                     h = Log(name="log_mag")(h)
                 h = InstantLayerNorm(cfg.eps, name="mag_norm")(h)
         else:
-            enc = keras.layers.Dense(cfg.encoder_size, use_bias=False, name="encoder")(x)
+            enc = x if outside else keras.layers.Dense(cfg.encoder_size, use_bias=False, name="encoder")(x)
             h = InstantLayerNorm(cfg.eps, name="enc_norm")(enc)
         hcs = []
         for k in range(cfg.layers):
@@ -453,9 +461,9 @@ def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOpt
             hcs.append((hk, ck))
             h = hk
         mask = keras.layers.Dense(n_mask, activation="sigmoid", name=f"dense{stage}")(h)
-        if stage == 1:
+        if stage == 1 or outside:
             y = ops.reshape(mask, (1, 1, n_mask))
-            out_name = "mask"
+            out_name = "mask" if stage == 1 else "enc_mask"
         else:
             dec = keras.layers.Dense(cfg.block_len, use_bias=False, name="decoder")(enc * mask)
             y = ops.reshape(dec, (1, 1, cfg.block_len))
@@ -486,9 +494,16 @@ def stream_options_for(mode: str, cfg: DTLNConfig, opts: StreamOptions | None = 
         return opts
     if mode in ("int8", "int16x8"):
         return StreamOptions(split_states=True, clip_cell=cfg.cell_clip or 8.0, clip_gates=cfg.gate_clip,
-                             frame_rms_norm=True, log_mag_outside=cfg.norm_mag)
+                             frame_rms_norm=True, log_mag_outside=cfg.norm_mag, bases_outside=mode == "int8")
     # A model trained with clipping keeps it in every mode (it is part of the model).
     return StreamOptions(clip_cell=cfg.cell_clip, clip_gates=cfg.gate_clip)
+
+
+def runtime_bases(weights: DTLNWeights) -> dict[str, np.ndarray]:
+    """Stage 2's encoder (block_len, encoder_size) and decoder (encoder_size, block_len) for a bundle
+    built with ``bases_outside``, stored as float16 (the runtime computes in float32)."""
+    return {"encoder": weights.arrays["encoder"][0][0].astype(np.float16),
+            "decoder": weights.arrays["decoder"][0][0].astype(np.float16)}
 
 
 def with_block_shift(weights: DTLNWeights, block_shift: int) -> DTLNWeights:

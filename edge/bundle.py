@@ -1,4 +1,4 @@
-"""Model bundles: a folder with ``manifest.json`` beside the ``.tflite`` files it names."""
+"""Model bundles: a folder with ``manifest.json`` beside the ``.tflite`` (and ``.npy``) files it names."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from io import BytesIO
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -81,6 +82,9 @@ class Bundle:
     manifest: Mapping[str, Any]
     sha256: str
     """sha256 of manifest.json; names this exact bundle in reports."""
+    arrays: Mapping[str, np.ndarray] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    """Constant float arrays the family step uses beside its submodels (``.npy`` files, read-only),
+    e.g. DTLN's stage 2 bases when the runtime applies them."""
 
     def submodel(self, name: str) -> SubmodelSpec:
         for sm in self.submodels:
@@ -111,6 +115,39 @@ def _tensor(d: Mapping[str, Any], where: str) -> TensorSpec:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _read_checked(path: str, fname: str, want: str, where: str) -> bytes:
+    fpath = os.path.join(path, fname)
+    if os.path.basename(fname) != fname:
+        raise BundleError(f"{where}: file {fname!r} must be a plain name inside the bundle folder")
+    try:
+        with open(fpath, "rb") as f:
+            content = f.read()
+    except OSError as exc:
+        raise BundleError(f"{fpath}: cannot read ({exc.strerror})") from None
+    got = sha256_bytes(content)
+    if got != want:
+        raise BundleError(f"{fpath}: sha256 mismatch: manifest says {want}, file has {got}")
+    return content
+
+
+def _array(path: str, ad: Mapping[str, Any], where: str) -> np.ndarray:
+    """One ``arrays`` entry: a checked ``.npy`` file, returned as read-only float32."""
+    fname = _require(ad, "file", str, where)
+    content = _read_checked(path, fname, _require(ad, "sha256", str, where), where)
+    try:
+        a = np.load(BytesIO(content), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BundleError(f"{os.path.join(path, fname)}: not a numpy .npy array ({exc})") from None
+    shape = tuple(int(s) for s in _require(ad, "shape", list, where))
+    dtype = _require(ad, "dtype", str, where)
+    if a.shape != shape or a.dtype.name != dtype:
+        raise BundleError(f"{os.path.join(path, fname)}: holds {a.dtype.name}{list(a.shape)}, manifest says "
+                          f"{dtype}{list(shape)}")
+    a = a.astype(np.float32)
+    a.flags.writeable = False
+    return a
 
 
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:
@@ -145,18 +182,8 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     for i, sd in enumerate(_require(m, "submodels", list, mpath)):
         where = f"{mpath} submodels[{i}]"
         fname = _require(sd, "file", str, where)
-        fpath = os.path.join(path, fname)
-        if os.path.basename(fname) != fname:
-            raise BundleError(f"{where}: file {fname!r} must be a plain name inside the bundle folder")
-        try:
-            with open(fpath, "rb") as f:
-                content = f.read()
-        except OSError as exc:
-            raise BundleError(f"{fpath}: cannot read ({exc.strerror})") from None
         want = _require(sd, "sha256", str, where)
-        got = sha256_bytes(content)
-        if got != want:
-            raise BundleError(f"{fpath}: sha256 mismatch: manifest says {want}, file has {got}")
+        content = _read_checked(path, fname, want, where)
         inputs = tuple(_tensor(t, f"{where} input") for t in _require(sd, "inputs", list, where))
         outputs = tuple(_tensor(t, f"{where} output") for t in _require(sd, "outputs", list, where))
         in_names = {t.name for t in inputs}
@@ -174,6 +201,10 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
                                  content=content))
     if not subs:
         raise BundleError(f"{mpath}: no submodels")
+    arrays = {}
+    for i, ad in enumerate(_require(m, "arrays", list, mpath) if "arrays" in m else []):
+        where = f"{mpath} arrays[{i}]"
+        arrays[_require(ad, "name", str, where)] = _array(path, ad, where)
     bundle = Bundle(
         path=path, name=str(m.get("name", os.path.basename(os.path.abspath(path)))),
         family=_require(m, "family", str, mpath), sample_rate=_require(m, "sample_rate", int, mpath),
@@ -181,7 +212,8 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         latency_samples=_require(m, "latency_samples", int, mpath),
         quantization=str(m.get("quantization", "none")),
         family_options=MappingProxyType(dict(m.get("family_options", {}))),
-        submodels=tuple(subs), manifest=MappingProxyType(m), sha256=sha256_bytes(raw))
+        submodels=tuple(subs), manifest=MappingProxyType(m), sha256=sha256_bytes(raw),
+        arrays=MappingProxyType(arrays))
     from .families import family_class  # noqa: PLC0415 (families import bundle)
 
     family_class(bundle)  # unknown family -> BundleError

@@ -20,6 +20,28 @@ def copy(small_bundle, tmp_path):
     return dst
 
 
+@pytest.fixture(scope="module")
+def bases_bundle(tmp_path_factory):
+    """A float bundle whose stage 2 bases the runtime applies (the layout full int8 bundles use)."""
+    pytest.importorskip("tensorflow", reason="the converter needs TensorFlow (pip install .[convert])")
+    from convert.build import convert_dtln
+    from convert.dtln import StreamOptions
+
+    from .conftest import noise_audio, small_weights
+
+    path = tmp_path_factory.mktemp("bases") / "b"
+    convert_dtln(small_weights(), "none", str(path), verify_audio=[noise_audio()], verify_names=["noise"],
+                 tolerance_db=60.0, opts=StreamOptions(frame_rms_norm=True, bases_outside=True))
+    return path
+
+
+@pytest.fixture
+def bases_copy(bases_bundle, tmp_path):
+    dst = tmp_path / "bb"
+    shutil.copytree(bases_bundle, dst)
+    return dst
+
+
 def _edit(folder, fn):
     p = folder / "manifest.json"
     m = json.loads(p.read_text())
@@ -98,6 +120,34 @@ def test_state_pair_must_name_listed_tensors(copy):
     _edit(copy, lambda m: m["submodels"][0].update(states={"mask_state": "ghost_out"}))
     with pytest.raises(BundleError, match="state pair mask_state -> ghost_out"):
         edge.load_bundle(copy)
+
+
+def test_array_checksum_mismatch_names_file(bases_copy):
+    np = pytest.importorskip("numpy")
+    np.save(bases_copy / "decoder.npy", np.zeros((64, 512), np.float16))
+    with pytest.raises(BundleError, match=r"decoder\.npy: sha256 mismatch"):
+        edge.load_bundle(bases_copy)
+
+
+def test_array_shape_must_match_manifest(bases_copy):
+    _edit(bases_copy, lambda m: m["arrays"][0].update(shape=[512, 65]))
+    with pytest.raises(BundleError, match=r"encoder\.npy: holds float16\[512, 64\], manifest says float16\[512, 65\]"):
+        edge.load_bundle(bases_copy)
+
+
+def test_runtime_bases_need_their_arrays(bases_copy):
+    _edit(bases_copy, lambda m: m.update(arrays=m["arrays"][:1]))
+    with pytest.raises(BundleError, match="stage2_bases 'runtime' needs arrays encoder"):
+        edge.load_bundle(bases_copy)
+    _edit(bases_copy, lambda m: m["family_options"].update(stage2_bases="sideways"))
+    with pytest.raises(BundleError, match="stage2_bases 'sideways'"):
+        edge.load_bundle(bases_copy)
+
+
+def test_bundle_arrays_are_read_only(bases_bundle):
+    b = edge.load_bundle(bases_bundle)
+    with pytest.raises(ValueError):
+        b.arrays["encoder"][0, 0] = 1.0
 
 
 def test_import_has_no_tensorflow_even_when_running(small_bundle):

@@ -132,24 +132,47 @@ def test_int8_of_an_unprepared_model_is_refused_with_alternatives(tmp_path, caps
 
 
 def test_int8_bundle_carries_int8_through_fully_connected(tmp_path):
-    """'int8' must never silently mean dynamic range: every FULLY_CONNECTED runs on int8 tensors."""
+    """'int8' must never silently mean dynamic range: every FULLY_CONNECTED of both submodels runs on int8."""
     from convert.export import to_tflite
-    from convert.dtln import StreamOptions, build_streaming_models
+    from convert.dtln import build_streaming_models, stream_options_for
     from edge.interpreter import make_interpreter
 
     w = small_weights(seed=3)
-    (model, io), _ = build_streaming_models(w, StreamOptions(split_states=True, clip_cell=8.0))
     rng = np.random.default_rng(0)
-    calib = [{n: (rng.random(s) * (3 if n == "mag" else 1)).astype(np.float32) for n, s in io.inputs}
-             for _ in range(20)]
-    content = to_tflite(model, io.inputs, "int8", lambda: iter(calib))
-    it = make_interpreter(content)
-    details = {d["index"]: d for d in it.get_tensor_details()}
-    fcs = [op for op in it._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]  # noqa: SLF001
-    assert fcs
-    for op in fcs:
-        for t in list(op["inputs"][:2]) + list(op["outputs"]):
-            assert details[t]["dtype"] == np.int8, (op, details[t]["name"], details[t]["dtype"])
+    for model, io in build_streaming_models(w, stream_options_for("int8", w.config)):
+        calib = [{n: (rng.random(s) * (3 if n == "mag" else 1)).astype(np.float32) for n, s in io.inputs}
+                 for _ in range(20)]
+        content = to_tflite(model, io.inputs, "int8", lambda: iter(calib))
+        it = make_interpreter(content)
+        details = {d["index"]: d for d in it.get_tensor_details()}
+        fcs = [op for op in it._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]  # noqa: SLF001
+        assert len(fcs) >= 4, io.name  # two LSTMs' input and recurrent matmuls at least
+        for op in fcs:
+            for t in list(op["inputs"][:2]) + list(op["outputs"]):
+                assert details[t]["dtype"] == np.int8, (io.name, details[t]["name"], details[t]["dtype"])
+
+
+def test_int8_applies_stage2_bases_in_the_runtime(tmp_path):
+    """Full int8 keeps stage 2's encoder/decoder out of the graph: the bundle carries them as arrays."""
+    b = convert_dtln(small_weights(seed=3), "int8", str(tmp_path / "b"), verify_audio=[noise_audio()],
+                     verify_names=["noise"], tolerance_db=-100.0)  # a random model: only the layout is checked
+    assert b.family_options["stage2_bases"] == "runtime"
+    assert b.arrays["encoder"].shape == (512, 64) and b.arrays["decoder"].shape == (64, 512)
+    frame = b.submodel("frame")
+    assert (frame.data_input, frame.data_output) == ("enc", "enc_mask")
+    assert frame.input("enc").shape == (1, 1, 64)
+    assert {a["file"] for a in b.manifest["arrays"]} == {"encoder.npy", "decoder.npy"}
+
+
+def test_runtime_bases_reproduce_the_graph_in_float(tmp_path):
+    """The runtime's encoder -> mask -> decoder equals the Keras graph (bases stored as float16: ~-66 dB)."""
+    from convert.dtln import StreamOptions
+
+    b = convert_dtln(small_weights(seed=4), "none", str(tmp_path / "b"), verify_audio=[noise_audio()],
+                     verify_names=["noise"], tolerance_db=60.0,
+                     opts=StreamOptions(frame_rms_norm=True, bases_outside=True))
+    assert b.family_options["stage2_bases"] == "runtime"
+    assert b.manifest["verification"]["snr_db"] >= 60
 
 
 def test_weights_round_trip(tmp_path):

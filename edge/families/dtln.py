@@ -15,7 +15,9 @@ class DTLN:
 
     Family options: ``frame_rms_norm`` (divide the ``frame`` input by its RMS, floor 1e-4, and
     multiply the output back: exact for DTLN's scale-invariant second stage, and what integer modes
-    need); ``log_mag`` (feed log(|X| + 1e-7) instead of |X|, the log computed here in float).
+    need); ``log_mag`` (feed log(|X| + 1e-7) instead of |X|, the log computed here in float);
+    ``stage2_bases`` = ``"runtime"`` (the bundle's ``encoder``/``decoder`` arrays are applied here in
+    float32: ``frame`` takes the encoded frame and returns its mask; full int8 bundles do this).
     """
 
     SUBMODELS = ("mask", "frame")
@@ -27,7 +29,19 @@ class DTLN:
             raise BundleError(f"{bundle.path}/{MANIFEST}: dtln needs submodels {list(cls.SUBMODELS)} in that "
                               f"order, got {list(names)}")
         bins = bundle.block_len // 2 + 1
-        for sm, n in zip(bundle.submodels, (bins, bundle.block_len)):
+        sizes = (bins, bundle.block_len)
+        bases = bundle.family_options.get("stage2_bases", "graph")
+        if bases not in ("graph", "runtime"):
+            raise BundleError(f"{bundle.path}/{MANIFEST}: stage2_bases {bases!r} is neither 'graph' nor 'runtime'")
+        if bases == "runtime":
+            enc, dec = bundle.arrays.get("encoder"), bundle.arrays.get("decoder")
+            if enc is None or dec is None or enc.ndim != 2 or enc.shape[0] != bundle.block_len \
+                    or dec.shape != enc.shape[::-1]:
+                raise BundleError(f"{bundle.path}/{MANIFEST}: stage2_bases 'runtime' needs arrays encoder "
+                                  f"({bundle.block_len}, N) and decoder (N, {bundle.block_len}), got "
+                                  f"{ {k: list(v.shape) for k, v in bundle.arrays.items()} }")
+            sizes = (bins, enc.shape[1])
+        for sm, n in zip(bundle.submodels, sizes):
             for t in (sm.input(sm.data_input), sm.output(sm.data_output)):
                 if int(np.prod(t.shape)) != n:
                     raise BundleError(f"{bundle.path}/{sm.file}: {t.name} has shape {list(t.shape)}, "
@@ -41,6 +55,9 @@ class DTLN:
         self._frame_shape = bundle.submodels[1].input(bundle.submodels[1].data_input).shape
         self._rms_norm = bool(bundle.family_options.get("frame_rms_norm", False))
         self._log_mag = bool(bundle.family_options.get("log_mag", False))
+        runtime = bundle.family_options.get("stage2_bases", "graph") == "runtime"
+        self._enc = bundle.arrays["encoder"] if runtime else None
+        self._dec = bundle.arrays["decoder"] if runtime else None
 
     def reset(self) -> None:
         self._mask.reset()
@@ -52,8 +69,13 @@ class DTLN:
             mag = np.log(mag + np.float32(1e-7))
         mask = self._mask(mag.reshape(self._mask_shape))
         frame = self._irfft(spec * mask.reshape(-1)).astype(np.float32)
+        rms = 1.0
         if self._rms_norm:
             rms = max(float(np.sqrt(np.mean(np.square(frame, dtype=np.float64)))), 1e-4)
-            out = self._frame((frame / np.float32(rms)).reshape(self._frame_shape))
-            return out.reshape(-1) * rms
-        return self._frame(frame.reshape(self._frame_shape)).reshape(-1)
+            frame = frame / np.float32(rms)
+        if self._enc is not None:
+            enc = frame @ self._enc
+            out = (enc * self._frame(enc.reshape(self._frame_shape)).reshape(-1)) @ self._dec
+        else:
+            out = self._frame(frame.reshape(self._frame_shape)).reshape(-1)
+        return out * np.float32(rms) if self._rms_norm else out
