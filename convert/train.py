@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=32, help="segments per step (default: 32)")
     p.add_argument("--steps-per-epoch", type=int, default=400, help="(default: 400)")
     p.add_argument("--epochs", type=int, default=200, help="maximum epochs (default: 200)")
-    p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (default: 1e-3)")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="initial Adam learning rate; with --resume, replaces the run's current one (default: 1e-3)")
     p.add_argument("--clipnorm", type=float, default=3.0, help="gradient norm clip (default: 3)")
     p.add_argument("--lr-patience", type=int, default=3, help="epochs without dev gain before halving the LR")
     p.add_argument("--patience", type=int, default=10, help="epochs without dev gain before stopping")
@@ -226,6 +227,8 @@ def train(args) -> int:
         arrs = np.load(out / "optimizer.npz")
         for v, k in zip(opt.variables, sorted(arrs.files, key=lambda s: int(s[1:]))):
             v.assign(arrs[k])
+        if "lr" in getattr(args, "given", ()):  # --lr on a resume sets the learning rate from here on
+            st["lr"], st["lr_bad_epochs"] = args.lr, 0
         opt.learning_rate.assign(st["lr"])
         log(event="resume", epoch=st["epoch"], step=st["step"], lr=st["lr"], best_dev=st["best_dev"])
     mixer = Mixer(speech, noise, MixConfig(segment=seg), seed=args.seed)

@@ -135,3 +135,15 @@ def test_resume_keeps_the_runs_recipe(tiny_data, tmp_path):
     seg = 7936 / 16000  # 0.5 s rounded to 512 + k * 128 samples
     state = json.loads((tmp_path / "r" / "state.json").read_text())
     assert state["audio_seconds"] == pytest.approx((6 * 2 + 3 * 4) * seg)
+
+
+def test_lr_given_on_resume_replaces_the_runs_schedule(tiny_data, tmp_path):
+    from convert.train import main
+
+    _train(tiny_data, tmp_path / "l", "--epochs", "1")
+    base = ["--out", str(tmp_path / "l"), "--data", str(tiny_data), "--resume"]
+    assert main([*base, "--epochs", "2"]) == 0  # without --lr the run's own rate goes on
+    assert main([*base, "--epochs", "3", "--lr", "2e-4"]) == 0
+    log = [json.loads(line) for line in (tmp_path / "l" / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in log if r["event"] == "resume"] == [pytest.approx(1e-3), pytest.approx(2e-4)]
+    assert json.loads((tmp_path / "l" / "state.json").read_text())["lr"] == pytest.approx(2e-4)
