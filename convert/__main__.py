@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from .errors import ConvertError, VerificationError
 from .export import MODES
@@ -100,7 +101,7 @@ def _run(args) -> int:
     if args.quiet:
         print(bundle.path)
     else:
-        size = sum(sm["bytes"] for sm in bundle.manifest["submodels"])
+        size = sum(f.stat().st_size for f in Path(bundle.path).iterdir() if f.name != "manifest.json")
         print(f"wrote {bundle.path} ({args.quantize}, {size / 1e6:.2f} MB): SNR {v['snr_db']:.1f} dB vs float "
               f"reference (tolerance {v['tolerance_snr_db']:.0f} dB), max abs error {v['max_abs_error']:.2g}, "
               f"{v['seconds_to_convert']:.0f} s")

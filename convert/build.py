@@ -138,7 +138,8 @@ def _dtln_plan(weights: DTLNWeights, mode: str, opts: StreamOptions | None, sour
         int8_hint=((" This model was fine-tuned with --qat and still misses: quiet-bin detail (e.g. from a "
                     "--spectral loss) is what int8 loses first. The shipped pretrained_model/dtln-16k-int8 is "
                     "fine-tuned for it" if cfg.qat else
-                    " Full int8 needs a model fine-tuned for it (python -m convert.train --qat ...)")
+                    f" Full int8 needs a model fine-tuned for it: python -m convert.train --init "
+                    f"{source or 'WEIGHTS.h5'} --qat --out runs/qat, then convert runs/qat/best.h5")
                    + "; for this checkpoint use --quantize dynamic (int8 weights) or --quantize int16x8."))
 
 
