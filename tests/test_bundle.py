@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import edge
@@ -123,7 +124,6 @@ def test_state_pair_must_name_listed_tensors(copy):
 
 
 def test_array_checksum_mismatch_names_file(bases_copy):
-    np = pytest.importorskip("numpy")
     np.save(bases_copy / "decoder.npy", np.zeros((64, 512), np.float16))
     with pytest.raises(BundleError, match=r"decoder\.npy: sha256 mismatch"):
         edge.load_bundle(bases_copy)
