@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from .errors import ConvertError, VerificationError
 from .export import MODES
@@ -101,7 +100,7 @@ def _run(args) -> int:
     if args.quiet:
         print(bundle.path)
     else:
-        size = sum(f.stat().st_size for f in Path(bundle.path).iterdir() if f.name != "manifest.json")
+        size = build.bundle_bytes(bundle.path)
         print(f"wrote {bundle.path} ({args.quantize}, {size / 1e6:.2f} MB): SNR {v['snr_db']:.1f} dB vs float "
               f"reference (tolerance {v['tolerance_snr_db']:.0f} dB), max abs error {v['max_abs_error']:.2g}, "
               f"{v['seconds_to_convert']:.0f} s")

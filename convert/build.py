@@ -322,6 +322,11 @@ def _write_manifest(folder: str, manifest: dict) -> None:
         f.write("\n")
 
 
+def bundle_bytes(folder: str | os.PathLike[str]) -> int:
+    """Bytes on disk of a bundle's model files (submodels and arrays; the manifest left out)."""
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.name != MANIFEST)
+
+
 def default_paths() -> dict[str, Path]:
     return {"weights": REPO / "pretrained_model" / "dtln-16k" / "dtln_weights.h5",
             "int8_weights": REPO / "pretrained_model" / "dtln-16k-int8" / "dtln_weights.h5",

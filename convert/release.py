@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(folder)
             continue
         entry = {"shipped": True, "folder": folder.name, "verification": bundle.manifest["verification"],
-                 "bytes": sum(p.stat().st_size for p in folder.iterdir() if p.name != "manifest.json")}
+                 "bytes": build.bundle_bytes(folder)}
         for label, root in (("vbd23", vbd), ("devmix", Path(args.devmix) if args.devmix else None)):
             if root is None or not (root / "clean").is_dir():
                 continue

@@ -41,3 +41,17 @@ def small_bundle(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("bundles") / "small-none"
     convert_dtln(small_weights(), "none", str(path), verify_audio=[noise_audio()], verify_names=["noise"])
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def bases_bundle(tmp_path_factory):
+    """A float small DTLN bundle whose stage 2 bases the runtime applies (the layout full int8 bundles use);
+    verified to >= 60 dB against the Keras graph (the bases are stored as float16)."""
+    pytest.importorskip("tensorflow", reason="the converter needs TensorFlow (pip install .[convert])")
+    from convert.build import convert_dtln
+    from convert.dtln import StreamOptions
+
+    path = tmp_path_factory.mktemp("bases") / "b"
+    convert_dtln(small_weights(), "none", str(path), verify_audio=[noise_audio()], verify_names=["noise"],
+                 tolerance_db=60.0, opts=StreamOptions(frame_rms_norm=True, bases_outside=True))
+    return path

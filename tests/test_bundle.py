@@ -21,21 +21,6 @@ def copy(small_bundle, tmp_path):
     return dst
 
 
-@pytest.fixture(scope="module")
-def bases_bundle(tmp_path_factory):
-    """A float bundle whose stage 2 bases the runtime applies (the layout full int8 bundles use)."""
-    pytest.importorskip("tensorflow", reason="the converter needs TensorFlow (pip install .[convert])")
-    from convert.build import convert_dtln
-    from convert.dtln import StreamOptions
-
-    from .conftest import noise_audio, small_weights
-
-    path = tmp_path_factory.mktemp("bases") / "b"
-    convert_dtln(small_weights(), "none", str(path), verify_audio=[noise_audio()], verify_names=["noise"],
-                 tolerance_db=60.0, opts=StreamOptions(frame_rms_norm=True, bases_outside=True))
-    return path
-
-
 @pytest.fixture
 def bases_copy(bases_bundle, tmp_path):
     dst = tmp_path / "bb"

@@ -10,6 +10,22 @@ from ..bundle import MANIFEST, Bundle
 from ..errors import BundleError
 
 
+def _runtime_bases(bundle: Bundle) -> tuple[np.ndarray, np.ndarray] | None:
+    """(encoder, decoder) when ``stage2_bases`` is ``"runtime"``, None when the graph holds them."""
+    bases = bundle.family_options.get("stage2_bases", "graph")
+    if bases not in ("graph", "runtime"):
+        raise BundleError(f"{bundle.path}/{MANIFEST}: stage2_bases {bases!r} is neither 'graph' nor 'runtime'")
+    if bases == "graph":
+        return None
+    enc, dec = bundle.arrays.get("encoder"), bundle.arrays.get("decoder")
+    if enc is None or dec is None or enc.ndim != 2 or enc.shape[0] != bundle.block_len \
+            or dec.shape != enc.shape[::-1]:
+        raise BundleError(f"{bundle.path}/{MANIFEST}: stage2_bases 'runtime' needs arrays encoder "
+                          f"({bundle.block_len}, N) and decoder (N, {bundle.block_len}), got "
+                          f"{ {k: list(v.shape) for k, v in bundle.arrays.items()} }")
+    return enc, dec
+
+
 class DTLN:
     """Two submodels in call order: ``mask`` (|X| -> mask) and ``frame`` (time frame -> frame).
 
@@ -29,18 +45,8 @@ class DTLN:
             raise BundleError(f"{bundle.path}/{MANIFEST}: dtln needs submodels {list(cls.SUBMODELS)} in that "
                               f"order, got {list(names)}")
         bins = bundle.block_len // 2 + 1
-        sizes = (bins, bundle.block_len)
-        bases = bundle.family_options.get("stage2_bases", "graph")
-        if bases not in ("graph", "runtime"):
-            raise BundleError(f"{bundle.path}/{MANIFEST}: stage2_bases {bases!r} is neither 'graph' nor 'runtime'")
-        if bases == "runtime":
-            enc, dec = bundle.arrays.get("encoder"), bundle.arrays.get("decoder")
-            if enc is None or dec is None or enc.ndim != 2 or enc.shape[0] != bundle.block_len \
-                    or dec.shape != enc.shape[::-1]:
-                raise BundleError(f"{bundle.path}/{MANIFEST}: stage2_bases 'runtime' needs arrays encoder "
-                                  f"({bundle.block_len}, N) and decoder (N, {bundle.block_len}), got "
-                                  f"{ {k: list(v.shape) for k, v in bundle.arrays.items()} }")
-            sizes = (bins, enc.shape[1])
+        bases = _runtime_bases(bundle)
+        sizes = (bins, bundle.block_len if bases is None else bases[0].shape[1])
         for sm, n in zip(bundle.submodels, sizes):
             for t in (sm.input(sm.data_input), sm.output(sm.data_output)):
                 if int(np.prod(t.shape)) != n:
@@ -55,9 +61,7 @@ class DTLN:
         self._frame_shape = bundle.submodels[1].input(bundle.submodels[1].data_input).shape
         self._rms_norm = bool(bundle.family_options.get("frame_rms_norm", False))
         self._log_mag = bool(bundle.family_options.get("log_mag", False))
-        runtime = bundle.family_options.get("stage2_bases", "graph") == "runtime"
-        self._enc = bundle.arrays["encoder"] if runtime else None
-        self._dec = bundle.arrays["decoder"] if runtime else None
+        self._enc, self._dec = _runtime_bases(bundle) or (None, None)
 
     def reset(self) -> None:
         self._mask.reset()
@@ -69,7 +73,6 @@ class DTLN:
             mag = np.log(mag + np.float32(1e-7))
         mask = self._mask(mag.reshape(self._mask_shape))
         frame = self._irfft(spec * mask.reshape(-1)).astype(np.float32)
-        rms = 1.0
         if self._rms_norm:
             rms = max(float(np.sqrt(np.mean(np.square(frame, dtype=np.float64)))), 1e-4)
             frame = frame / np.float32(rms)
