@@ -72,6 +72,22 @@ def synthetic_noise(rng: np.random.Generator, n: int, rate: int = RATE) -> np.nd
     return (x / _rms(x)).astype(np.float32)
 
 
+def highpass(x: np.ndarray, cutoff_hz: float, rate: int = RATE) -> np.ndarray:
+    """Zero-phase high-pass of a whole signal: gain ``1 / (1 + (cutoff / f) ** 8)`` on its spectrum.
+
+    -6 dB at ``cutoff_hz``, -0.3 dB at 1.4 x, -48 dB an octave below; no delay, no phase change.
+    Used on clean training speech to take the rumble out of the targets (``MixConfig.speech_highpass_hz``).
+    """
+    x = np.asarray(x, np.float32)
+    if cutoff_hz <= 0 or len(x) < 2:
+        return x
+    pad = min(len(x), rate // 2)  # reflect a little at both ends: less wrap-around from the circular FFT
+    y = np.pad(x.astype(np.float64), pad, mode="reflect")
+    f = np.fft.rfftfreq(len(y), 1.0 / rate)
+    gain = 1.0 / (1.0 + (cutoff_hz / np.maximum(f, 1e-3)) ** 8)
+    return np.fft.irfft(np.fft.rfft(y) * gain, len(y))[pad:pad + len(x)].astype(np.float32)
+
+
 @dataclass(frozen=True)
 class MixConfig:
     """How segments are drawn and mixed."""
@@ -85,6 +101,9 @@ class MixConfig:
     """Share of mixes whose noise is generated instead of recorded."""
     second_noise_prob: float = 0.2
     """Share of mixes with a second noise added (at +0..10 dB below the first)."""
+    speech_highpass_hz: float = 0.0
+    """High-pass the clean speech at this frequency before mixing (``highpass``), so that the rumble
+    recorded with it is noise to remove, not target to keep; 0 leaves the speech as recorded."""
 
 
 class Mixer:
@@ -94,7 +113,7 @@ class Mixer:
                  seed: int = 0):
         if not speech:
             raise ConvertError("no speech to train on")
-        self.speech = [s for s in speech if len(s) > RATE // 4]
+        self.speech = [highpass(s, cfg.speech_highpass_hz) for s in speech if len(s) > RATE // 4]
         self.noise = [n for n in noise if len(n) > RATE // 4]
         self.cfg = cfg
         self.seed = seed
@@ -146,15 +165,19 @@ def corpus(root: Path, split: str) -> tuple[list[Path], list[Path]]:
     return speech, noise
 
 
-def dev_set(root: Path | None = None, count: int = 128, seconds: float = 4.0, seed: int = 1234
-            ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The fixed dev mixes (speech/dev x noise/dev); None when the data folder is absent."""
+def dev_set(root: Path | None = None, count: int = 128, seconds: float = 4.0, seed: int = 1234,
+            speech_highpass_hz: float = 0.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """The fixed dev mixes (speech/dev x noise/dev); None when the data folder is absent.
+
+    ``speech_highpass_hz`` as in ``MixConfig``: a run that trains on high-passed speech is scored on it too.
+    """
     root = root or shared_data()
     speech, noise = corpus(root, "dev")
     if not speech:
         return None
     seg = int(seconds * RATE)
-    mixer = Mixer(load_files(speech), load_files(noise), MixConfig(segment=seg), seed=seed)
+    mixer = Mixer(load_files(speech), load_files(noise),
+                  MixConfig(segment=seg, speech_highpass_hz=speech_highpass_hz), seed=seed)
     return mixer.batch(0, count)
 
 

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--gate-clip, cell state to --cell-clip, both and h int8 fake-quantised")
     p.add_argument("--gate-clip", type=float, default=8.0, help="with --qat (default: 8)")
     p.add_argument("--cell-clip", type=float, default=8.0, help="with --qat (default: 8)")
+    p.add_argument("--speech-highpass", type=float, default=0.0, metavar="HZ",
+                   help="high-pass the clean speech (train and dev) at HZ before mixing, zero-phase, so the model "
+                        "learns to remove the rumble recorded under it; 50 suits 16 kHz speech (default: 0, off)")
     p.add_argument("--spectral", type=float, default=0.0, metavar="W",
                    help="add W x the spectral loss (negative SNR in dB of power-law compressed STFT magnitudes, "
                         "|X|**0.3) to the negative SI-SDR; dev selection then uses the same sum (default: 0)")
@@ -161,6 +164,9 @@ def train(args) -> int:
         if stored.get("spectral", 0.0) != args.spectral:
             raise ConvertError(f"--resume: {out} was trained with --spectral {stored.get('spectral', 0.0)}; "
                                "its best dev loss only compares under the same loss")
+        if stored.get("speech_highpass", 0.0) != args.speech_highpass:
+            raise ConvertError(f"--resume: {out} was trained with --speech-highpass "
+                               f"{stored.get('speech_highpass', 0.0)}; its dev mixes only compare under the same")
     config = {k: v for k, v in vars(args).items() if k != "given"}
     from .quiet import import_tensorflow
 
@@ -187,7 +193,9 @@ def train(args) -> int:
     log(event="data", speech_files=len(sp_files), speech_minutes=round(sum(map(len, speech)) / RATE / 60, 1),
         noise_files=len(no_files), noise_minutes=round(sum(map(len, noise)) / RATE / 60, 1),
         load_seconds=round(time.time() - t0, 1))
-    dev = dev_set(root, count=args.dev_count)
+    if args.speech_highpass < 0:
+        raise ConvertError(f"--speech-highpass {args.speech_highpass}: a cutoff in Hz, 0 or more")
+    dev = dev_set(root, count=args.dev_count, speech_highpass_hz=args.speech_highpass)
     if dev is None:
         raise ConvertError(f"no dev speech under {root}/speech/dev: the dev set drives LR decay and early stopping")
 
@@ -231,7 +239,7 @@ def train(args) -> int:
             st["lr"], st["lr_bad_epochs"] = args.lr, 0
         opt.learning_rate.assign(st["lr"])
         log(event="resume", epoch=st["epoch"], step=st["step"], lr=st["lr"], best_dev=st["best_dev"])
-    mixer = Mixer(speech, noise, MixConfig(segment=seg), seed=args.seed)
+    mixer = Mixer(speech, noise, MixConfig(segment=seg, speech_highpass_hz=args.speech_highpass), seed=args.seed)
 
     def batches():
         step = st["step"]

@@ -35,7 +35,8 @@ class KerasRunner:
         self._states = {s_in: np.zeros(self._shapes[s_in], np.float32) for s_in, _ in self._io.states}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        feed = {self._io.data_input: np.asarray(x, np.float32).reshape(self._shapes[self._io.data_input]),
+        # a copy: a family step may hand over the same buffer every block, and a record must keep this block's
+        feed = {self._io.data_input: np.array(x, np.float32).reshape(self._shapes[self._io.data_input]),
                 **self._states}
         if self._record is not None:
             self._record.append(feed)

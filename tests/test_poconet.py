@@ -142,6 +142,23 @@ def test_quantised_modes_pass_verification(weights, tmp_path, mode, tolerance):
     assert len(y) == 8000 and np.isfinite(y).all()
 
 
+def test_calibration_records_every_block_not_the_last_one_again(weights):
+    # the family step fills one feature buffer in place every block: a record must copy it, or the whole
+    # calibration set is the last block's features (it was, until 2026-12-01) and int8/int16x8 ranges miss
+    from convert.build import _calibration, _poconet_plan
+
+    plan = _poconet_plan(weights, "int8", "")
+    (_, io), = plan.pairs
+    x = speechlike(0.5, 3)
+    recs = _calibration(weights, plan.pairs, [io], plan.family_options, [x], 1000, family=plan.family,
+                        window=plan.window)[io.name]
+    feats = np.stack([r[io.data_input] for r in recs])
+    assert len(recs) >= len(x) // 128 and np.isfinite(feats).all()  # and the flush blocks
+    distinct = {f.tobytes() for f in feats}
+    assert len(distinct) > 0.9 * len(feats)
+    assert not np.shares_memory(recs[0][io.data_input], recs[1][io.data_input])
+
+
 def test_int8_meets_its_tolerance_or_is_refused(weights, tmp_path):
     try:
         b = convert_poconet(weights, "int8", str(tmp_path / "b"), verify_audio=[speechlike(1.0, 8)],

@@ -12,7 +12,7 @@ from .conftest import EXAMPLE
 
 pytest.importorskip("tensorflow", reason="training needs TensorFlow")
 
-from convert.data import MixConfig, Mixer, synthetic_noise  # noqa: E402
+from convert.data import MixConfig, Mixer, highpass, synthetic_noise  # noqa: E402
 
 
 def _rms_db(x):
@@ -34,6 +34,35 @@ def test_mixer_is_deterministic_and_respects_ranges():
         assert -5.01 <= snr <= 25.01
         assert peak_limited or -35.01 <= _rms_db(ca) <= -14.99
     assert not np.array_equal(Mixer(speech, noise, cfg, seed=4).mix(0)[0], a.mix(0)[0])
+
+
+def _band_db(x, lo, hi, rate=16000):
+    spec = np.abs(np.fft.rfft(x.astype(np.float64))) ** 2
+    f = np.fft.rfftfreq(len(x), 1 / rate)
+    return 10 * np.log10(spec[(f >= lo) & (f < hi)].sum() / spec.sum())
+
+
+def test_highpass_takes_out_rumble_and_keeps_speech_band_in_phase():
+    t = np.arange(48000) / 16000
+    voice = np.sin(2 * np.pi * 200 * t) + 0.5 * np.sin(2 * np.pi * 1000 * t + 1.0)
+    rumble = 2.0 * np.sin(2 * np.pi * 20 * t) + np.sin(2 * np.pi * 8 * t)
+    y = highpass((voice + rumble).astype(np.float32), 50)
+    assert y.dtype == np.float32 and y.shape == voice.shape
+    core = slice(4000, -4000)  # away from the ends: zero phase means sample-aligned, not just the same spectrum
+    assert np.max(np.abs(y[core] - voice[core])) < 0.01
+    assert _band_db(y[core], 0, 40) < -40 and _band_db((voice + rumble)[core], 0, 40) > -3
+    np.testing.assert_array_equal(highpass(voice.astype(np.float32), 0), voice.astype(np.float32))
+
+
+def test_mixer_speech_highpass_applies_to_the_targets():
+    rng = np.random.default_rng(2)
+    t = np.arange(40000) / 16000
+    speech = [(0.1 * np.sin(2 * np.pi * 25 * t) + 0.02 * rng.standard_normal(len(t))).astype(np.float32)]
+    noise = [rng.standard_normal(30000).astype(np.float32)]
+    plain = Mixer(speech, noise, MixConfig(segment=16000), seed=0).mix(0)[1]
+    hp = Mixer(speech, noise, MixConfig(segment=16000, speech_highpass_hz=50), seed=0).mix(0)[1]
+    assert _band_db(plain, 15, 35) > -3  # the 25 Hz hum is most of the raw "clean" speech
+    assert _band_db(hp, 15, 35) < -30  # and gone from the target the model learns
 
 
 def test_synthetic_noises_are_finite_and_unit_rms():
@@ -118,6 +147,20 @@ def test_spectral_term_is_logged_and_resume_keeps_the_loss(tiny_data, tmp_path, 
     args = ["--out", str(tmp_path / "s"), "--data", str(tiny_data), "--resume", "--epochs", "2", "--spectral", "0"]
     assert main(args) == 2
     assert "--spectral 0.5" in capsys.readouterr().err
+
+
+def test_speech_highpass_is_recorded_and_kept_on_resume(tiny_data, tmp_path, capsys):
+    from convert.train import main
+
+    _train(tiny_data, tmp_path / "h", "--epochs", "1", "--speech-highpass", "50")
+    state = json.loads((tmp_path / "h" / "state.json").read_text())
+    assert state["config"]["speech_highpass"] == 50
+    base = ["--out", str(tmp_path / "h"), "--data", str(tiny_data), "--resume", "--epochs", "2"]
+    assert main([*base, "--speech-highpass", "0"]) == 2  # another dev set: its best score would not compare
+    assert "--speech-highpass 50" in capsys.readouterr().err
+    assert main(base) == 0  # not given: the run's own cutoff goes on
+    assert json.loads((tmp_path / "h" / "state.json").read_text())["epoch"] == 2
+    assert main(["--out", str(tmp_path / "neg"), "--data", str(tiny_data), "--speech-highpass", "-1"]) == 2
 
 
 def test_resume_keeps_the_runs_recipe(tiny_data, tmp_path):
