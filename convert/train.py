@@ -167,6 +167,8 @@ def train(args) -> int:
         if stored.get("speech_highpass", 0.0) != args.speech_highpass:
             raise ConvertError(f"--resume: {out} was trained with --speech-highpass "
                                f"{stored.get('speech_highpass', 0.0)}; its dev mixes only compare under the same")
+    if args.speech_highpass < 0:
+        raise ConvertError(f"--speech-highpass {args.speech_highpass}: a cutoff in Hz, 0 or more")
     config = {k: v for k, v in vars(args).items() if k != "given"}
     from .quiet import import_tensorflow
 
@@ -193,8 +195,6 @@ def train(args) -> int:
     log(event="data", speech_files=len(sp_files), speech_minutes=round(sum(map(len, speech)) / RATE / 60, 1),
         noise_files=len(no_files), noise_minutes=round(sum(map(len, noise)) / RATE / 60, 1),
         load_seconds=round(time.time() - t0, 1))
-    if args.speech_highpass < 0:
-        raise ConvertError(f"--speech-highpass {args.speech_highpass}: a cutoff in Hz, 0 or more")
     dev = dev_set(root, count=args.dev_count, speech_highpass_hz=args.speech_highpass)
     if dev is None:
         raise ConvertError(f"no dev speech under {root}/speech/dev: the dev set drives LR decay and early stopping")
