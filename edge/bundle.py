@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -217,9 +218,53 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     from .families import family_class  # noqa: PLC0415 (families import bundle)
 
     family_class(bundle)  # unknown family -> BundleError
+    check_runtime(bundle)
     for sm in subs:
         check_interpreter(bundle, sm)
     return bundle
+
+
+def _version(text: str) -> tuple[int, ...] | None:
+    parts = []
+    for piece in text.split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, piece))
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts) or None
+
+
+def runtime_listed(runtimes: list[str], name: str, version: str) -> bool:
+    """Whether ``name`` ``version`` is among a manifest's ``runtimes`` (``"pkg"`` or ``"pkg>=X.Y"`` entries).
+
+    An unreadable version counts as listed: only a known mismatch refuses.
+    """
+    for entry in runtimes:
+        pkg, _, least = str(entry).partition(">=")
+        if pkg.strip() != name:
+            continue
+        have, need = _version(version), _version(least.strip()) if least else None
+        if need is None or have is None or have >= need:
+            return True
+    return False
+
+
+def check_runtime(bundle: Bundle) -> None:
+    """Refuse a bundle whose manifest does not list the interpreter package in use.
+
+    Loading is not enough: tflite-runtime 2.14 loads an int16x8 PoCoNet graph and computes it wrongly
+    (5 dB SNR against float), so the converter's list of checked runtimes is binding.
+    """
+    needs = bundle.manifest.get("runtimes")
+    if not needs:
+        return
+    from .interpreter import interpreter_package  # noqa: PLC0415 (lazy: no interpreter import at edge import)
+
+    pkg = interpreter_package()
+    if not runtime_listed(list(needs), pkg.name, pkg.version):
+        raise BundleError(f"{bundle.path}/{MANIFEST}: {pkg.name} {pkg.version} is not a runtime this "
+                          f"{bundle.quantization} bundle was checked on; the manifest says it runs on: "
+                          f"{', '.join(needs)}")
 
 
 def check_interpreter(bundle: Bundle, sm: SubmodelSpec, interp: Any = None) -> dict[str, int]:

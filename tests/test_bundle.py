@@ -102,6 +102,31 @@ def test_unknown_family(copy):
         edge.load_bundle(copy)
 
 
+def test_a_runtime_the_manifest_does_not_list_is_refused(copy):
+    from edge.interpreter import interpreter_package
+
+    pkg = interpreter_package()
+    _edit(copy, lambda m: m.update(runtimes=["some-other-runtime", f"{pkg.name}>=999"]))
+    with pytest.raises(BundleError, match=f"{pkg.name} {pkg.version} is not a runtime this none bundle was checked "
+                                          "on; the manifest says it runs on: some-other-runtime"):
+        edge.load_bundle(copy)
+    _edit(copy, lambda m: m.update(runtimes=["some-other-runtime", pkg.name]))
+    assert edge.load_bundle(copy).manifest["runtimes"][1] == pkg.name
+    _edit(copy, lambda m: m.pop("runtimes"))  # bundles from before the list load as they did
+    edge.load_bundle(copy)
+
+
+def test_runtime_listed_reads_minimum_versions():
+    from edge.bundle import runtime_listed
+
+    listed = ["ai-edge-litert", "tflite-runtime>=2.14", "tensorflow>=2.16"]
+    assert runtime_listed(listed, "ai-edge-litert", "2.3.0")
+    assert runtime_listed(listed, "tflite-runtime", "2.14.0") and not runtime_listed(listed, "tflite-runtime", "2.13.1")
+    assert runtime_listed(listed, "tensorflow", "2.21.0rc1") and not runtime_listed(listed, "tensorflow", "2.9.3")
+    assert not runtime_listed(["ai-edge-litert", "tensorflow>=2.16"], "tflite-runtime", "2.14.0")
+    assert runtime_listed(listed, "tensorflow", "unknown")  # only a known mismatch refuses
+
+
 def test_state_pair_must_name_listed_tensors(copy):
     _edit(copy, lambda m: m["submodels"][0].update(states={"mask_state": "ghost_out"}))
     with pytest.raises(BundleError, match="state pair mask_state -> ghost_out"):
