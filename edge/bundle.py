@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from io import BytesIO
 from types import MappingProxyType
@@ -225,13 +225,9 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
 
 
 def _version(text: str) -> tuple[int, ...] | None:
-    parts = []
-    for piece in text.split("."):
-        digits = "".join(itertools.takewhile(str.isdigit, piece))
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts) or None
+    """The leading numeric release of a version string ("2.21.0rc1" -> (2, 21, 0)); None without one."""
+    m = re.match(r"\d+(?:\.\d+)*", text.strip())
+    return tuple(int(p) for p in m.group().split(".")) if m else None
 
 
 def runtime_listed(runtimes: list[str], name: str, version: str) -> bool:
