@@ -72,6 +72,16 @@ def synthetic_noise(rng: np.random.Generator, n: int, rate: int = RATE) -> np.nd
     return (x / _rms(x)).astype(np.float32)
 
 
+def random_eq(rng: np.random.Generator, x: np.ndarray, max_db: float, rate: int = RATE) -> np.ndarray:
+    """``x`` through a random smooth gain curve: 6 gains uniform in +-``max_db`` at log-spaced
+    frequencies from 50 Hz to Nyquist, joined linearly in dB over log frequency, flat beyond."""
+    knots = np.geomspace(50.0, rate / 2, 6)
+    gains_db = rng.uniform(-max_db, max_db, len(knots))
+    f = np.fft.rfftfreq(len(x), 1.0 / rate)
+    curve = np.interp(np.log(np.maximum(f, 1.0)), np.log(knots), gains_db)
+    return np.fft.irfft(np.fft.rfft(x) * 10 ** (curve / 20), len(x)).astype(np.float32)
+
+
 def highpass(x: np.ndarray, cutoff_hz: float, rate: int = RATE) -> np.ndarray:
     """Zero-phase high-pass of a whole signal: gain ``1 / (1 + (cutoff / f) ** 8)`` on its spectrum.
 
@@ -104,6 +114,12 @@ class MixConfig:
     speech_highpass_hz: float = 0.0
     """High-pass the clean speech at this frequency before mixing (``highpass``), so that the rumble
     recorded with it is noise to remove, not target to keep; 0 leaves the speech as recorded."""
+    babble_prob: float = 0.0
+    """Share of mixes whose noise is babble: 3 to 7 other utterances of the speech pool, summed."""
+    noise_eq_db: float = 0.0
+    """Recolour each noise (``random_eq``) by a random smooth gain of up to +-this many dB; 0 leaves
+    noise as recorded. Babble and noise EQ widen what "noise" looks like without new recordings; both
+    draw from the random stream only when on, so every mix of a recipe without them is unchanged."""
 
 
 class Mixer:
@@ -130,10 +146,20 @@ class Mixer:
         return np.tile(x, reps)[start:start + n].astype(np.float32)
 
     def _noise(self, rng, n: int) -> np.ndarray:
-        if not self.noise or rng.random() < self.cfg.synthetic_prob:
+        if self.cfg.babble_prob and rng.random() < self.cfg.babble_prob:
+            x = self._babble(rng, n)
+        elif not self.noise or rng.random() < self.cfg.synthetic_prob:
             return synthetic_noise(rng, n)
-        x = self._window(rng, self.noise, n)
+        else:
+            x = self._window(rng, self.noise, n)
+        if self.cfg.noise_eq_db:
+            x = random_eq(rng, x, self.cfg.noise_eq_db)
         return x / _rms(x)
+
+    def _babble(self, rng, n: int) -> np.ndarray:
+        """3 to 7 talkers from the speech pool, each at its own level within 10 dB."""
+        talkers = [self._window(rng, self.speech, n) for _ in range(int(rng.integers(3, 8)))]
+        return sum(t / _rms(t) * 10 ** (rng.uniform(-10, 0) / 20) for t in talkers)
 
     def mix(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, index])

@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spectral", type=float, default=0.0, metavar="W",
                    help="add W x the spectral loss (negative SNR in dB of power-law compressed STFT magnitudes, "
                         "|X|**0.3) to the negative SI-SDR; dev selection then uses the same sum (default: 0)")
+    p.add_argument("--babble", type=float, default=0.0, metavar="P",
+                   help="share of training mixes whose noise is babble: 3-7 other training utterances summed; "
+                        "dev mixes are unchanged (default: 0)")
+    p.add_argument("--noise-eq", type=float, default=0.0, metavar="DB",
+                   help="recolour each training noise by a random smooth gain curve of up to +-DB dB; dev mixes "
+                        "are unchanged (default: 0, off)")
     return p
 
 
@@ -169,6 +175,10 @@ def train(args) -> int:
                                f"{stored.get('speech_highpass', 0.0)}; its dev mixes only compare under the same")
     if args.speech_highpass < 0:
         raise ConvertError(f"--speech-highpass {args.speech_highpass}: a cutoff in Hz, 0 or more")
+    if not 0 <= args.babble <= 1:
+        raise ConvertError(f"--babble {args.babble}: a share of mixes, from 0 to 1")
+    if args.noise_eq < 0:
+        raise ConvertError(f"--noise-eq {args.noise_eq}: a gain range in dB, 0 or more")
     config = {k: v for k, v in vars(args).items() if k != "given"}
     from .quiet import import_tensorflow
 
@@ -239,7 +249,8 @@ def train(args) -> int:
             st["lr"], st["lr_bad_epochs"] = args.lr, 0
         opt.learning_rate.assign(st["lr"])
         log(event="resume", epoch=st["epoch"], step=st["step"], lr=st["lr"], best_dev=st["best_dev"])
-    mixer = Mixer(speech, noise, MixConfig(segment=seg, speech_highpass_hz=args.speech_highpass), seed=args.seed)
+    mixer = Mixer(speech, noise, MixConfig(segment=seg, speech_highpass_hz=args.speech_highpass,
+                                           babble_prob=args.babble, noise_eq_db=args.noise_eq), seed=args.seed)
 
     def batches():
         step = st["step"]

@@ -12,7 +12,7 @@ from .conftest import EXAMPLE
 
 pytest.importorskip("tensorflow", reason="training needs TensorFlow")
 
-from convert.data import MixConfig, Mixer, highpass, synthetic_noise  # noqa: E402
+from convert.data import MixConfig, Mixer, highpass, random_eq, synthetic_noise  # noqa: E402
 
 
 def _rms_db(x):
@@ -63,6 +63,42 @@ def test_mixer_speech_highpass_applies_to_the_targets():
     hp = Mixer(speech, noise, MixConfig(segment=16000, speech_highpass_hz=50), seed=0).mix(0)[1]
     assert _band_db(plain, 15, 35) > -3  # the 25 Hz hum is most of the raw "clean" speech
     assert _band_db(hp, 15, 35) < -30  # and gone from the target the model learns
+
+
+def test_babble_and_noise_eq_off_leave_every_mix_as_it_was():
+    rng = np.random.default_rng(4)
+    speech = [rng.standard_normal(40000).astype(np.float32) * 0.1 for _ in range(4)]
+    noise = [rng.standard_normal(30000).astype(np.float32) for _ in range(2)]
+    old = Mixer(speech, noise, MixConfig(segment=16000), seed=7)
+    off = Mixer(speech, noise, MixConfig(segment=16000, babble_prob=0.0, noise_eq_db=0.0), seed=7)
+    on = Mixer(speech, noise, MixConfig(segment=16000, babble_prob=0.5, noise_eq_db=6.0), seed=7)
+    for i in range(20):
+        np.testing.assert_array_equal(old.mix(i)[0], off.mix(i)[0])  # recipes without them reproduce
+    assert any(not np.array_equal(old.mix(i)[0], on.mix(i)[0]) for i in range(20))
+
+
+def test_babble_noise_is_made_of_the_speech_pool():
+    t = np.arange(40000) / 16000
+    # every "talker" is a pure 300 Hz tone; the recorded noise is a 3 kHz tone
+    speech = [(0.1 * np.sin(2 * np.pi * 300 * t + k)).astype(np.float32) for k in range(5)]
+    noise = [np.sin(2 * np.pi * 3000 * t).astype(np.float32)]
+    cfg = MixConfig(segment=16000, babble_prob=1.0, second_noise_prob=0.0)
+    for i in range(5):
+        noisy, clean = Mixer(speech, noise, cfg, seed=0).mix(i)
+        assert _band_db(noisy - clean, 250, 350) > -0.5 and _band_db(noisy - clean, 2900, 3100) < -40
+
+
+def test_random_eq_stays_within_its_range_and_varies():
+    x = np.random.default_rng(0).standard_normal(32000).astype(np.float32)
+    spec = np.abs(np.fft.rfft(x))
+    curves = []
+    for seed in range(5):
+        y = random_eq(np.random.default_rng(seed), x, 6.0)
+        assert y.dtype == np.float32 and y.shape == x.shape
+        gain = 20 * np.log10(np.abs(np.fft.rfft(y)) / spec)
+        assert -6.01 < gain.min() and gain.max() < 6.01
+        curves.append(gain)
+    assert np.ptp(np.ptp(curves, axis=0)) > 1  # the curve differs from one draw to the next
 
 
 def test_synthetic_noises_are_finite_and_unit_rms():
@@ -161,6 +197,18 @@ def test_speech_highpass_is_recorded_and_kept_on_resume(tiny_data, tmp_path, cap
     assert main(base) == 0  # not given: the run's own cutoff goes on
     assert json.loads((tmp_path / "h" / "state.json").read_text())["epoch"] == 2
     assert main(["--out", str(tmp_path / "neg"), "--data", str(tiny_data), "--speech-highpass", "-1"]) == 2
+
+
+def test_babble_and_noise_eq_are_recorded_and_bad_values_refused(tiny_data, tmp_path, capsys):
+    from convert.train import main
+
+    _train(tiny_data, tmp_path / "b", "--epochs", "1", "--babble", "0.3", "--noise-eq", "6")
+    config = json.loads((tmp_path / "b" / "state.json").read_text())["config"]
+    assert config["babble"] == 0.3 and config["noise_eq"] == 6
+    for bad in (["--babble", "1.5"], ["--babble", "-0.1"], ["--noise-eq", "-3"]):
+        assert main(["--out", str(tmp_path / "bad"), "--data", str(tiny_data), *bad]) == 2
+        assert bad[0] in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
 def test_resume_keeps_the_runs_recipe(tiny_data, tmp_path):
