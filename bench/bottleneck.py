@@ -130,7 +130,7 @@ def main() -> int:
     ratios = {k: [t / g for t, g in zip(times[k], times[f"gru {k.split()[1]}"])] for k in steppers}
     rows = []
     for k in steppers:
-        rows.append({"what": k, "unit": "ms/invoke", **summary(times[k], 5)})
+        rows.append({"what": k, "unit": "ms/block", **summary(times[k], 5)})
         if not k.startswith("gru "):
             rows.append({"what": f"{k} / gru {k.split()[1]}", "unit": "ratio", **summary(ratios[k], 3)})
     write_result("bottleneck", {

@@ -64,6 +64,12 @@ def render_bench(doc: dict[str, Any]) -> str:
         out += [f"| {k} | {m['family']} | {m['parameters'] / 1e6:.2f} M | {m['macs_per_second'] / 1e6:.0f} M | "
                 f"{m['latency_ms']:g} ms | {m['real_time_factor']:.3f} | {m['bytes'] / 1e6:.2f} MB |"
                 for k, m in models.items()]
+    variants = doc.get("variants")
+    if variants:
+        keys = list(next(iter(variants.values())))
+        out += ["", "| variant | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+                "|---|" + "---|" * len(keys)]
+        out += [f"| {k} | " + " | ".join(str(v.get(c, "-")) for c in keys) + " |" for k, v in variants.items()]
     agreement = doc.get("agreement_with_published_float32")
     if agreement:
         out += ["", "Output against the published float32 loop (same 4 s of audio): "
