@@ -115,7 +115,8 @@ class MixConfig:
     """High-pass the clean speech at this frequency before mixing (``highpass``), so that the rumble
     recorded with it is noise to remove, not target to keep; 0 leaves the speech as recorded."""
     babble_prob: float = 0.0
-    """Share of mixes whose noise is babble: 3 to 7 other utterances of the speech pool, summed."""
+    """Share of mixes whose noise is babble: 3 to 7 utterances drawn from the speech pool
+    (any speaker, the target's own included), summed."""
     noise_eq_db: float = 0.0
     """Recolour each noise (``random_eq``) by a random smooth gain of up to +-this many dB; 0 leaves
     noise as recorded. Babble and noise EQ widen what "noise" looks like without new recordings; both

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add W x the spectral loss (negative SNR in dB of power-law compressed STFT magnitudes, "
                         "|X|**0.3) to the negative SI-SDR; dev selection then uses the same sum (default: 0)")
     p.add_argument("--babble", type=float, default=0.0, metavar="P",
-                   help="share of training mixes whose noise is babble: 3-7 other training utterances summed; "
+                   help="share of training mixes whose noise is babble: 3-7 training utterances summed; "
                         "dev mixes are unchanged (default: 0)")
     p.add_argument("--noise-eq", type=float, default=0.0, metavar="DB",
                    help="recolour each training noise by a random smooth gain curve of up to +-DB dB; dev mixes "
