@@ -12,7 +12,8 @@ one hop, and return 512 to be added back (``gru_proj`` in ``convert.poconet``):
   Positional encoding is left out: it would add work, not remove it.
 
 Each graph is built in Keras with random weights (seeded), converted by ``convert.export.to_tflite``
-(float32 and dynamic-range int8) with its states as named inputs and outputs, and driven one hop per
+(float32 and dynamic-range int8) with its states as named inputs and outputs, and driven by the runtime's
+``edge.submodel.TFLiteSubmodel`` one hop per
 invoke with its states fed back, one thread, interleaved by round in one process. Writes
 bench/results/bottleneck.json: ms per invoke (median/min/max over rounds), the ratio to the GRU of the
 same mode within each round, parameters, MACs per hop and state bytes. The whole shipped model's time
@@ -23,6 +24,7 @@ would need each variant trained (see docs/poconet.md).
 from __future__ import annotations
 
 import argparse
+from types import SimpleNamespace
 
 import numpy as np
 from common import interleaved, skip, summary, write_result  # noqa: I001
@@ -65,32 +67,20 @@ def attention_graph(frames: int):
     return model, [("x", (1, WIDTH)), ("k_cache", (1, frames, UNITS)), ("v_cache", (1, frames, UNITS))]
 
 
-class Stepper:
-    """One converted graph driven hop by hop: inputs set by name, every ``NAME_out`` fed back to ``NAME``."""
+def submodel(flatbuffer: bytes, inputs, states):
+    """The runtime's own per-block driver (``edge.submodel.TFLiteSubmodel``) on one converted graph:
+    data input ``x``, data output ``y``, every state ``NAME`` fed back from ``NAME_out``."""
+    from convert.build import _tensor_specs
+    from convert.export import tensor_table
+    from edge.bundle import SubmodelSpec
+    from edge.options import Options
+    from edge.submodel import TFLiteSubmodel
 
-    def __init__(self, flatbuffer: bytes):
-        from edge.interpreter import make_interpreter
-
-        self.it = make_interpreter(flatbuffer, num_threads=1)
-        sig = self.it.get_signature_list()["serving_default"]
-        runner = self.it.get_signature_runner("serving_default")
-        ins, outs = runner.get_input_details(), runner.get_output_details()
-        self.x = ins["x"]["index"]
-        self.states = [(ins[n]["index"], outs[f"{n}_out"]["index"], np.zeros(ins[n]["shape"], np.float32))
-                       for n in sig["inputs"] if n != "x"]
-        self.y = outs["y"]["index"]
-
-    def reset(self) -> None:
-        self.states = [(i, o, np.zeros_like(s)) for i, o, s in self.states]
-
-    def process(self, x: np.ndarray) -> np.ndarray:
-        it = self.it
-        it.set_tensor(self.x, x)
-        for i, _, s in self.states:
-            it.set_tensor(i, s)
-        it.invoke()
-        self.states = [(i, o, it.get_tensor(o)) for i, o, _ in self.states]
-        return it.get_tensor(self.y)
+    ins, outs = tensor_table(flatbuffer)
+    spec = SubmodelSpec(name="bottleneck", file="", sha256="", inputs=_tensor_specs(ins, [n for n, _ in inputs]),
+                        outputs=_tensor_specs(outs, ["y", *(f"{n}_out" for n in states)]), data_input="x",
+                        data_output="y", states=tuple((n, f"{n}_out") for n in states), content=flatbuffer)
+    return TFLiteSubmodel(SimpleNamespace(path="<bench>"), spec, Options(num_threads=1))
 
 
 def macs(name: str, frames: int) -> int:
@@ -120,7 +110,8 @@ def main() -> int:
     steppers, facts = {}, {}
     for name, (model, inputs) in graphs.items():
         for mode in args.modes:
-            steppers[f"{name} {mode}"] = Stepper(to_tflite(model, inputs, mode))
+            sub = submodel(to_tflite(model, inputs, mode), inputs, [n for n, _ in inputs if n != "x"])
+            steppers[f"{name} {mode}"] = SimpleNamespace(process=sub, reset=sub.reset)  # what interleaved drives
         state_bytes = sum(4 * int(np.prod(s)) for n, s in inputs if n != "x")
         facts[name] = {"parameters": int(model.count_params()), "macs_per_hop": macs(name, args.frames[0]
                        if name == "gru" else int(name.split("-")[1])), "state_bytes": state_bytes}
