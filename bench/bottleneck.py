@@ -12,9 +12,9 @@ one hop, and return 512 to be added back (``gru_proj`` in ``convert.poconet``):
   Positional encoding is left out: it would add work, not remove it.
 
 Each graph is built in Keras with random weights (seeded), converted by ``convert.export.to_tflite``
-(float32 and dynamic-range int8) with its states as named inputs and outputs, and driven by the runtime's
-``edge.submodel.TFLiteSubmodel`` one hop per
-invoke with its states fed back, one thread, interleaved by round in one process. Writes
+(float32 and dynamic-range int8) with its states as named inputs and outputs, and driven by the
+runtime's ``edge.submodel.TFLiteSubmodel`` one hop per invoke with its states fed back, one thread,
+interleaved by round in one process. Writes
 bench/results/bottleneck.json: ms per invoke (median/min/max over rounds), the ratio to the GRU of the
 same mode within each round, parameters, MACs per hop and state bytes. The whole shipped model's time
 per hop (bench/results/families.json) puts the figures in proportion. Speed and size only: quality
