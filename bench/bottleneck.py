@@ -83,8 +83,9 @@ def submodel(flatbuffer: bytes, inputs, states):
     return TFLiteSubmodel(SimpleNamespace(path="<bench>"), spec, Options(num_threads=1))
 
 
-def macs(name: str, frames: int) -> int:
-    if name == "gru":
+def macs(frames: int | None) -> int:
+    """Per hop: the GRU's (frames None), or attention's over a cache of ``frames`` hops."""
+    if frames is None:
         return 3 * UNITS * (WIDTH + UNITS) + UNITS * WIDTH
     return 3 * WIDTH * UNITS + UNITS * WIDTH + 2 * frames * UNITS  # projections, then q K^T and w V
 
@@ -106,15 +107,15 @@ def main() -> int:
     import keras
 
     keras.utils.set_random_seed(0)
-    graphs = {"gru": gru_graph(), **{f"attn-{n}": attention_graph(n) for n in args.frames}}
+    graphs = {"gru": (None, gru_graph()), **{f"attn-{n}": (n, attention_graph(n)) for n in args.frames}}
     steppers, facts = {}, {}
-    for name, (model, inputs) in graphs.items():
+    for name, (frames, (model, inputs)) in graphs.items():
+        states = [(n, s) for n, s in inputs if n != "x"]
         for mode in args.modes:
-            sub = submodel(to_tflite(model, inputs, mode), inputs, [n for n, _ in inputs if n != "x"])
+            sub = submodel(to_tflite(model, inputs, mode), inputs, [n for n, _ in states])
             steppers[f"{name} {mode}"] = SimpleNamespace(process=sub, reset=sub.reset)  # what interleaved drives
-        state_bytes = sum(4 * int(np.prod(s)) for n, s in inputs if n != "x")
-        facts[name] = {"parameters": int(model.count_params()), "macs_per_hop": macs(name, args.frames[0]
-                       if name == "gru" else int(name.split("-")[1])), "state_bytes": state_bytes}
+        facts[name] = {"parameters": int(model.count_params()), "macs_per_hop": macs(frames),
+                       "state_bytes": sum(4 * int(np.prod(s)) for _, s in states)}
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((1, WIDTH)).astype(np.float32) for _ in range(args.hops)]
     times, _ = interleaved(steppers, xs, args.rounds, f"gru {args.modes[0]}")
