@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _poconet_config(args, out: Path):
     """(PoCoNetConfig, initial weights or None): the run's own on --resume, --init's, else default + --model-config."""
-    from . import poconet
+    from .families import poconet
 
     if args.qat:
         raise ConvertError("poconet: --qat is DTLN-only")
@@ -190,7 +190,7 @@ def train(args) -> int:
         pass
     import keras
 
-    from .dtln import DTLNConfig, DTLNWeights, build_training_model, get_model_weights, load_weights, save_weights
+    from .families.dtln import DTLNConfig, DTLNWeights, build_training_model, get_model_weights, load_weights, save_weights
 
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out / "log.jsonl")
@@ -210,7 +210,7 @@ def train(args) -> int:
         raise ConvertError(f"no dev speech under {root}/speech/dev: the dev set drives LR decay and early stopping")
 
     if args.family == "poconet":
-        from . import poconet
+        from .families import poconet
 
         cfg, init = _poconet_config(args, out)
         seg = _segment_samples(args.segment)
@@ -221,7 +221,7 @@ def train(args) -> int:
     else:
         from dataclasses import replace
 
-        from .dtln import set_model_weights
+        from .families.dtln import set_model_weights
 
         if resumed and (out / "last.h5").exists():  # the architecture of the run itself, not of its --init
             init, cfg = None, load_weights(str(out / "last.h5")).config

@@ -399,10 +399,10 @@ def test_sigterm_answers_in_flight_chunks_and_exits_0(serve, small_bundle):
 
 def test_sighup_reloads_new_streams_only_and_survives_a_bad_bundle(serve, small_bundle, tmp_path):
     pytest.importorskip("tensorflow", reason="the converter needs TensorFlow")
-    from convert.build import convert_dtln
+    from convert.build import convert
 
     other = tmp_path / "other"
-    convert_dtln(small_weights(seed=1), "none", str(other), verify_audio=[noise_audio()], verify_names=["noise"])
+    convert(small_weights(seed=1), "none", str(other), verify_audio=[noise_audio()], verify_names=["noise"])
     model = tmp_path / "model"
     shutil.copytree(small_bundle, model)
     old_sha, new_sha = edge.load_bundle(small_bundle).sha256, edge.load_bundle(str(other)).sha256
