@@ -27,7 +27,7 @@ import argparse
 from types import SimpleNamespace
 
 import numpy as np
-from common import interleaved, skip, summary, write_result  # noqa: I001
+from common import interleaved, skip, summary, write_result
 
 WIDTH, UNITS, HEADS = 512, 256, 4
 
@@ -117,7 +117,7 @@ def main() -> int:
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((1, WIDTH)).astype(np.float32) for _ in range(args.hops)]
     times, _ = interleaved(steppers, xs, args.rounds, f"gru {args.modes[0]}")
-    ratios = {k: [t / g for t, g in zip(times[k], times[f"gru {k.split()[1]}"])] for k in steppers}
+    ratios = {k: [t / g for t, g in zip(times[k], times[f"gru {k.split()[1]}"], strict=True)] for k in steppers}
     rows = []
     for k in steppers:
         rows.append({"what": k, "unit": "ms/block", **summary(times[k], 5)})

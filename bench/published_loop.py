@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import EXAMPLE, REFERENCE, published_bundles, skip, summary, write_result
 
 BLOCK_LEN, BLOCK_SHIFT, RATE = 512, 128, 16000
@@ -174,7 +173,7 @@ def main() -> int:
               file=sys.stderr, flush=True)
 
     def ratio(a: str, b: str) -> list[float]:
-        return [x / y for x, y in zip(per_round[a], per_round[b])]
+        return [x / y for x, y in zip(per_round[a], per_round[b], strict=True)]
 
     ratios = {"ours float32 / published float32": ratio("ours float32", "published float32"),
               "ours dynamic / published dynamic": ratio("ours dynamic", "published dynamic"),
@@ -202,7 +201,8 @@ def main() -> int:
                   "The published loop here resolves tensor indices once instead of reading input_details "
                   "each block: if anything that favours the published loop."]})
     for row in rows:
-        print(f"{row['what']:<58} median {row['median']:.4f} {row['unit']} (min {row['min']:.4f}, max {row['max']:.4f})")
+        print(f"{row['what']:<58} median {row['median']:.4f} {row['unit']} "
+              f"(min {row['min']:.4f}, max {row['max']:.4f})")
     for g in goals:
         print(f"goal {g['what']}: {g['value']:.3f} {g['goal']}: {'met' if g['met'] else 'MISSED'}")
     return 0

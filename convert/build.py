@@ -193,7 +193,8 @@ def _verify(fam: Family, plan: Plan, weights, bundle: Bundle, job: Conversion, t
     out = {
         "reference": "Keras float32 streaming graph of the model as trained (without the conversion's graph "
                      "changes), same edge block loop",
-        "audio": job.verify_names, **fig, "tolerance_snr_db": tolerance_db, "passed": bool(fig["snr_db"] >= tolerance_db),
+        "audio": job.verify_names, **fig, "tolerance_snr_db": tolerance_db,
+        "passed": bool(fig["snr_db"] >= tolerance_db),
         "seconds_to_convert": round(time.perf_counter() - t0, 1),
     }
     if plan.offline is not None:

@@ -27,7 +27,7 @@ def quiet():
         with contextlib.redirect_stdout(buf):
             yield
     finally:
-        for fd, s in zip((1, 2), saved):
+        for fd, s in zip((1, 2), saved, strict=False):
             os.dup2(s, fd)
             os.close(s)
 
@@ -53,7 +53,7 @@ def to_tflite(model, inputs: Iterable[tuple[str, tuple[int, ...]]], quantize: st
         archive.track(model)
         archive.add_endpoint(
             name="serving_default",
-            fn=lambda *args: model(dict(zip(names, args)), training=False),
+            fn=lambda *args: model(dict(zip(names, args, strict=True)), training=False),
             input_signature=[tf.TensorSpec(shape, tf.float32, name=n) for n, shape in inputs])
         tmp = tempfile.TemporaryDirectory(prefix="convert-sm-")
         archive.write_out(tmp.name, verbose=False)
@@ -104,4 +104,4 @@ def op_names(content: bytes) -> list[str]:
     from edge.interpreter import make_interpreter
 
     it = make_interpreter(content)
-    return sorted({d["op_name"] for d in it._get_ops_details()})  # noqa: SLF001 (no public equivalent)
+    return sorted({d["op_name"] for d in it._get_ops_details()})  # no public equivalent

@@ -7,8 +7,8 @@ import os
 import numpy as np
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-import keras  # noqa: E402 (the backend is chosen by the environment variable above, before the import)
-from keras import ops  # noqa: E402 (same)
+import keras  # after KERAS_BACKEND is set: Keras reads it once, at import
+from keras import ops
 
 
 class InstantLayerNorm(keras.layers.Layer):

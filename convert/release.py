@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vbd", metavar="DIR", default=None,
                    help="VoiceBank-DEMAND test folder with clean/ and noisy/ (default: ../shared/data/test/vbd_test)")
     p.add_argument("--devmix", metavar="DIR", default=None, help="dev mixes from python -m convert.devset")
+    p.add_argument("--gendev", metavar="DIR", default=None,
+                   help="the generalisation dev set from python -m convert.devset --generalisation")
     p.add_argument("--keep-level", action="store_true",
                    help="ship the output level as trained (default, for a family that can fix it (dtln): a model "
                         "trained on the scale-free SI-SDR alone gets its decoder scaled so that its output level "
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
            "verify_names": [e.name for e in examples], "calib_audio": data.dev_mixes() or None,
            "source": weights_path.name, "progress": build.TERMINAL, "force": True}
     vbd = Path(args.vbd) if args.vbd else data.shared_data() / "test" / "vbd_test"
-    scored = {"vbd23": vbd, "devmix": Path(args.devmix) if args.devmix else None}
+    scored = {"vbd23": vbd, "devmix": Path(args.devmix) if args.devmix else None,
+              "gendev": Path(args.gendev) if args.gendev else None}
     results: dict = {"family": fam.name, "weights": weights_path.name, "output_level_fix": level, "modes": {},
                      "scored": time.strftime("%Y-%m-%d")}
     shipped = {}
@@ -114,7 +117,8 @@ def pooled_snr(bundles: dict, files: list[Path]) -> dict[str, float]:
     for mode, bundle in bundles.items():
         if mode == "none":
             continue
-        err = sum(float(np.sum(np.square(edge.denoise(x, bundle) - r, dtype=np.float64))) for x, r in zip(inputs, ref))
+        err = sum(float(np.sum(np.square(edge.denoise(x, bundle) - r, dtype=np.float64)))
+                  for x, r in zip(inputs, ref, strict=True))
         out[mode] = round(float(10 * np.log10(energy / max(err, 1e-30))), 1)
     return out
 

@@ -21,8 +21,8 @@ class KerasRunner:
         self._io = io
         names = [n for n, _ in io.inputs]
         specs = [tf.TensorSpec(s, tf.float32, name=n) for n, s in io.inputs]
-        self._fn = tf.function(lambda *a: model(dict(zip(names, a)), training=False), input_signature=specs,
-                               autograph=False)
+        self._fn = tf.function(lambda *a: model(dict(zip(names, a, strict=True)), training=False),
+                               input_signature=specs, autograph=False)
         self._names = names
         self._shapes = dict(io.inputs)
         self._record = record

@@ -64,7 +64,7 @@ class StreamingDenoiser:
         self._bundle = bundle
         self._options = options or Options()
         if runners is None:
-            from .submodel import TFLiteSubmodel  # noqa: PLC0415 (interpreter imported on first stream)
+            from .submodel import TFLiteSubmodel  # the interpreter is imported on the first stream
 
             runners = {sm.name: TFLiteSubmodel(bundle, sm, self._options) for sm in bundle.submodels}
         self._family = family_class(bundle)(bundle, dict(runners), self._irfft)

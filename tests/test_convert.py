@@ -17,10 +17,10 @@ from .conftest import EXAMPLE, noise_audio, small_weights
 
 pytest.importorskip("tensorflow", reason="the converter needs TensorFlow")
 
-from convert.__main__ import main  # noqa: E402
-from convert.build import convert  # noqa: E402
-from convert.families.dtln import load_weights, save_weights  # noqa: E402
-from convert.errors import VerificationError  # noqa: E402
+from convert.__main__ import main
+from convert.build import convert
+from convert.errors import VerificationError
+from convert.families.dtln import load_weights, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +147,10 @@ def test_int8_bundle_carries_int8_through_fully_connected(tmp_path):
     for model, io in build_streaming_models(w, stream_options_for("int8", w.config)):
         calib = [{n: (rng.random(s) * (3 if n == "mag" else 1)).astype(np.float32) for n, s in io.inputs}
                  for _ in range(20)]
-        content = to_tflite(model, io.inputs, "int8", lambda: iter(calib))
+        content = to_tflite(model, io.inputs, "int8", lambda calib=calib: iter(calib))
         it = make_interpreter(content)
         details = {d["index"]: d for d in it.get_tensor_details()}
-        fcs = [op for op in it._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]  # noqa: SLF001
+        fcs = [op for op in it._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
         assert len(fcs) >= 4, io.name  # two LSTMs' input and recurrent matmuls at least
         for op in fcs:
             for t in list(op["inputs"][:2]) + list(op["outputs"]):
@@ -182,7 +182,7 @@ def test_weights_round_trip(tmp_path):
     back = load_weights(str(tmp_path / "w.h5"))
     assert back.config == w.config
     for k, ws in w.arrays.items():
-        for a, b in zip(ws, back.arrays[k]):
+        for a, b in zip(ws, back.arrays[k], strict=True):
             np.testing.assert_array_equal(a, b)
 
 

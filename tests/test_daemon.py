@@ -124,7 +124,7 @@ def test_16_concurrent_clients_each_get_the_offline_output(serve, small_bundle):
         try:
             with srv.client() as c:
                 results[k] = stream(c, inputs[k], chunks[k])
-        except Exception as exc:  # noqa: BLE001 (reported by the main thread)
+        except Exception as exc:  # reported by the main thread
             results[k] = exc
 
     threads = [threading.Thread(target=run, args=(k,)) for k in range(16)]
@@ -239,7 +239,7 @@ def test_bad_clients_are_dropped_while_others_are_served(serve, small_bundle):
                     out.append(c.send(good_in[i:i + 2048]))
                     time.sleep(0.02)  # a paced stream (~4 s) that overlaps every misbehaving client below
                 good["out"] = b"".join(out) + c.stop()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             good["out"] = exc
 
     t = threading.Thread(target=good_client)
@@ -527,7 +527,7 @@ def test_live_pipeline_with_a_fake_stream_is_exact(small_bundle):
         p = LivePipeline(bundle, edge.Options(), blocksize)
         streams = []
 
-        def opener(pipe, x=x, blocksize=blocksize):
+        def opener(pipe, x=x, blocksize=blocksize, streams=streams):
             streams.append(FakeStream(pipe, x, blocksize))
             return streams[-1]
 

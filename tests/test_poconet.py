@@ -18,12 +18,19 @@ from .conftest import EXAMPLE, REPO, noise_audio
 
 pytest.importorskip("tensorflow", reason="the converter needs TensorFlow")
 
-from convert.__main__ import main as convert_main  # noqa: E402
-from convert.build import convert  # noqa: E402
-from convert.errors import VerificationError, WeightsError  # noqa: E402
-from convert.export import op_names  # noqa: E402
-from convert.families.poconet import (PoCoNetConfig, PoCoNetWeights, budget, build_streaming_model,  # noqa: E402
-                             build_training_model, load_weights, save_weights)
+from convert.__main__ import main as convert_main
+from convert.build import convert
+from convert.errors import VerificationError, WeightsError
+from convert.export import op_names
+from convert.families.poconet import (
+    PoCoNetConfig,
+    PoCoNetWeights,
+    budget,
+    build_streaming_model,
+    build_training_model,
+    load_weights,
+    save_weights,
+)
 
 SMALL = PoCoNetConfig(channels=(4, 6, 8), gru_units=16, pos_channels=2)
 
@@ -173,7 +180,7 @@ def test_int8_meets_its_tolerance_or_is_refused(weights, tmp_path):
 
         it = make_interpreter(b.submodels[0].content)
         details = {d["index"]: d for d in it.get_tensor_details()}
-        convs = [op for op in it._get_ops_details() if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]  # noqa: SLF001
+        convs = [op for op in it._get_ops_details() if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
         assert convs
         for op in convs:  # 'int8' never silently means float kernels
             for t in list(op["inputs"][:2]) + list(op["outputs"]):
@@ -192,7 +199,7 @@ def test_weights_round_trip(weights, small_h5):
     assert back.config == weights.config
     assert set(back.arrays) == set(weights.arrays)
     for k, ws in weights.arrays.items():
-        for a, b in zip(ws, back.arrays[k]):
+        for a, b in zip(ws, back.arrays[k], strict=True):
             np.testing.assert_array_equal(a, b)
 
 

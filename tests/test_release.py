@@ -41,7 +41,7 @@ def test_pooled_snr_is_energy_pooled_over_files(small_bundle, tmp_path):
     ref = [edge.denoise(p, f32) for p in parts]
     out = [edge.denoise(p, f16) for p in parts]
     want = 10 * np.log10(sum(np.sum(r.astype(np.float64) ** 2) for r in ref)
-                         / sum(np.sum((o - r).astype(np.float64) ** 2) for o, r in zip(out, ref)))
+                         / sum(np.sum((o - r).astype(np.float64) ** 2) for o, r in zip(out, ref, strict=True)))
     assert set(got) == {"float16"}
     assert got["float16"] == pytest.approx(want, abs=0.06)
     assert 50 < got["float16"] < 120  # float16 weights: a real, finite error

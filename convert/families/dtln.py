@@ -187,7 +187,7 @@ def load_weights(path: str, block_shift: int | None = None) -> DTLNWeights:
         raise WeightsError(f"{path}: {len(layers)} weighted layers, a DTLN with {n_lstm} LSTM layers per stage "
                            f"{'(norm variant) ' if norm_mag else ''}has {len(expected)}")
     arrays = {}
-    for (name, shapes), (ln, ws) in zip(expected, layers):
+    for (name, shapes), (ln, ws) in zip(expected, layers, strict=True):
         got = [tuple(w.shape) for w in ws]
         if got != shapes:
             raise WeightsError(f"{path}: layer {ln!r} (DTLN {name}) has weight shapes {got}, expected {shapes}")
@@ -215,7 +215,7 @@ def save_weights(weights: DTLNWeights, path: str) -> None:
             ws = weights.arrays[n]
             wn = [f"{n}/w{i}:0" for i in range(len(ws))]
             g.attrs["weight_names"] = np.array([w.encode() for w in wn])
-            for w, a in zip(wn, ws):
+            for w, a in zip(wn, ws, strict=True):
                 g.create_dataset(w, data=a)
 
 
