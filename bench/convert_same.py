@@ -3,8 +3,9 @@
 For each family and mode, ``python -m convert`` runs in a ``git archive`` export of ``--ref`` and in this
 checkout with the same ``--weights``, ``--verify-audio`` and ``--calib-audio``. Every model file
 (``.tflite``, ``.npy``) must be byte-identical, the manifests equal but for the producer and the
-conversion time, and both bundles' outputs on ``examples/p232_013_noisy.wav`` equal bit for bit. Exits 1
-on any difference; writes ``results/convert_same.json``. A refactoring of ``convert/`` runs this once.
+conversion time, and both bundles' outputs on ``examples/p232_013_noisy.wav`` equal bit for bit. Then every
+shipped bundle is run by both commits' ``edge`` on the example: outputs equal bit for bit. Exits 1 on any
+difference; writes ``results/convert_same.json``. A refactoring of ``convert/`` or ``edge/`` runs this once.
 
     python bench/convert_same.py                       # all families and modes against a07fc71 (~25 min here)
     python bench/convert_same.py --families dtln --modes none int8
@@ -62,17 +63,47 @@ def compare(a: Path, b: Path) -> dict:
     import numpy as np
 
     import edge
-    from edge.audio import read_audio
+    from edge.audio import read_audio, to_mono_rate
 
     names = sorted({p.name for p in a.iterdir()} | {p.name for p in b.iterdir()})
     files = {n: (a / n).is_file() and (b / n).is_file() and (a / n).read_bytes() == (b / n).read_bytes()
              for n in names if n != "manifest.json"}
     ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
+    ba, bb = edge.load_bundle(a), edge.load_bundle(b)
     x, rate, _ = read_audio(str(EXAMPLE))
-    ya, yb = edge.denoise(x, str(a)), edge.denoise(x, str(b))
+    x = to_mono_rate(x, rate, ba.sample_rate)
+    ya, yb = edge.denoise(x, ba), edge.denoise(x, bb)
     return {"files_identical": files, "manifest_equal": _comparable(ma) == _comparable(mb),
             "output_equal": bool(ya.dtype == yb.dtype and np.array_equal(ya, yb)),
             "output_max_abs_diff": float(np.max(np.abs(ya.astype(np.float64) - yb))) if len(ya) == len(yb) else None}
+
+
+_DENOISE = """
+import sys, numpy as np, edge
+from edge.audio import read_audio, to_mono_rate
+b = edge.load_bundle(sys.argv[1])
+x, rate, _ = read_audio(sys.argv[2])
+np.save(sys.argv[3], edge.denoise(to_mono_rate(x, rate, b.sample_rate), b))
+"""
+
+
+def shipped_outputs(ref_tree: Path, work: Path) -> dict[str, bool]:
+    """Every shipped bundle (``pretrained_model/*/*``) run by --ref's ``edge`` and by this checkout's on the
+    example: bundle -> outputs equal bit for bit (the runtime's half of "unchanged")."""
+    import numpy as np
+
+    out = {}
+    for manifest in sorted((REPO / "pretrained_model").glob("*/*/manifest.json")):
+        name = str(manifest.parent.relative_to(REPO))
+        ys = []
+        for label, tree in (("ref", ref_tree), ("new", REPO)):
+            npy = work / f"{label}-{name.replace('/', '-')}.npy"
+            subprocess.run([sys.executable, "-c", _DENOISE, str(manifest.parent), str(EXAMPLE), str(npy)], cwd=tree,
+                           check=True)
+            ys.append(np.load(npy))
+        out[name] = bool(ys[0].dtype == ys[1].dtype and np.array_equal(ys[0], ys[1]))
+        print(f"shipped {name}: {'same' if out[name] else 'DIFFERENT'}", file=sys.stderr, flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             ok &= same
             print(f"{family} {mode}: {'same' if same else 'DIFFERENT'} {row}", file=sys.stderr, flush=True)
             rows.append(row)
-    if args.side == "both":
-        write_result("convert_same", {"ref": args.ref, "all_same": ok, "bundles": rows})
+    if args.side == "ref":
+        return 0
+    shipped = shipped_outputs(ref_tree, args.work)
+    ok &= all(shipped.values())
+    write_result("convert_same", {"ref": args.ref, "all_same": ok, "bundles": rows, "shipped_outputs": shipped})
     return 0 if ok else 1
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -89,7 +89,5 @@ class Family:
 
 def manifest_model(cfg, figures: dict, source: str) -> dict:
     """The manifest's ``model`` entry: the architecture, its budget figures and the weights file's name."""
-    from dataclasses import asdict
-
     return {"config": asdict(cfg), "parameters": figures["parameters"], "macs_per_frame": figures["macs_per_frame"],
             "macs_per_second": figures["macs_per_second"], "source": source}
