@@ -138,7 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     shipped = shipped_outputs(ref_tree, args.work)
     ok &= all(shipped.values())
-    write_result("convert_same", {"ref": args.ref, "all_same": ok, "bundles": rows, "shipped_outputs": shipped})
+    variants = {f"{r['family']} {r['mode']}": {
+        "model files identical": all(r["files_identical"].values()), "manifest equal": r["manifest_equal"],
+        "output equal": r["output_equal"], "seconds ref/new": f"{r.get('ref_seconds', '-')}/{r['new_seconds']}"}
+        for r in rows}
+    variants.update({f"shipped {k}": {"output equal": v} for k, v in shipped.items()})
+    write_result("convert_same", {
+        "title": f"Converter and runtime against {args.ref}, bit for bit", "ref": args.ref, "all_same": ok,
+        "goals": [{"what": "every bundle and every shipped bundle's output unchanged", "value": None,
+                   "goal": "all identical", "met": ok}],
+        "variants": variants, "bundles": rows, "shipped_outputs": shipped})
     return 0 if ok else 1
 
 

@@ -159,7 +159,7 @@ def load_weights(path: str, block_shift: int | None = None) -> DTLNWeights:
     The norm variant is told apart by content: its first weighted layer is a (bins,) norm, not an LSTM.
     The hop is not in the file: ``block_shift`` (default 128 = 8 ms) sets it.
     """
-    block_shift = 128 if block_shift is None else block_shift
+    block_shift = DTLNConfig.block_shift if block_shift is None else block_shift
     layers = _read_h5_layers(path)
     if not layers:
         raise WeightsError(f"{path}: holds no weights")
