@@ -92,6 +92,7 @@ def convert(weights, quantize: str | Mode, output: str | os.PathLike[str], **con
     try:
         plan = fam.plan(weights, m, job.source, job.opts)
         bundle = _convert_into(fam, plan, weights, m, tmp, job.name or os.path.basename(output), job)
+        bundle = _add_to_verified(tmp, bundle, job)
         if os.path.exists(output):
             trash = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old-", dir=parent)
             os.replace(output, os.path.join(trash, "old"))
@@ -130,13 +131,18 @@ def _convert_into(fam: Family, plan: Plan, weights, m: Mode, folder: str, name: 
     }
     _write_manifest(folder, manifest)
     bundle = load_bundle(folder)
-    # Hooks that add files to a bundle (a golden pair, batched submodels) belong here: they write into
-    # ``folder`` and add their manifest entries before verification writes the manifest for the last time.
     tolerance = m.tolerance_db if job.tolerance_db is None else job.tolerance_db
     manifest["verification"] = _verify(fam, plan, weights, bundle, job, tolerance, t0)
     raw = _write_manifest(folder, manifest)
     _raise_unless_passed(manifest["verification"], plan, m)
     return replace(bundle, manifest=MappingProxyType(manifest), sha256=sha256_bytes(raw))
+
+
+def _add_to_verified(folder: str, bundle: Bundle, job: Conversion) -> Bundle:
+    """The place for steps that add to a verified bundle before it is renamed into place (a golden pair,
+    batched submodels): each writes into ``folder``; one that rewrites manifest.json returns
+    ``load_bundle(folder)`` so that the bundle returned matches the files. None yet: the bundle as it is."""
+    return bundle
 
 
 def _write_submodels(plan: Plan, m: Mode, folder: str, records: dict | None, progress: Progress,
