@@ -4,7 +4,7 @@
 
 Issue 7 leaves the temporal bottleneck open: a GRU, or causal attention over a cache of the last N
 frames. Both take what the shipped model's bottleneck takes, the flattened 16 x 32 = 512 features of
-one hop, and return 512 to be added back (``gru_proj`` in ``convert.poconet``):
+one hop, and return 512 to be added back (``gru_proj`` in ``convert.families.poconet``):
 
 - gru: ``GRUStep(256)`` (Keras' GRU maths, state (1, 256)) then Dense(512): the shipped design;
 - attn-N: q, k, v = Dense(256)(x) as 4 heads of 64; k and v are appended to an N-frame cache (state
@@ -27,7 +27,7 @@ import argparse
 from types import SimpleNamespace
 
 import numpy as np
-from common import interleaved, skip, summary, write_result  # noqa: I001
+from common import interleaved, skip, summary, write_result
 
 WIDTH, UNITS, HEADS = 512, 256, 4
 
@@ -35,9 +35,7 @@ WIDTH, UNITS, HEADS = 512, 256, 4
 def gru_graph():
     import keras
 
-    from convert.poconet import _layers
-
-    GRUStep = _layers()[1]
+    from convert.layers import GRUStep
     x = keras.Input(batch_shape=(1, WIDTH), name="x")
     h = keras.Input(batch_shape=(1, UNITS), name="h")
     new_h = GRUStep(UNITS, name="gru")([x, h])
@@ -70,15 +68,15 @@ def attention_graph(frames: int):
 def submodel(flatbuffer: bytes, inputs, states):
     """The runtime's own per-block driver (``edge.submodel.TFLiteSubmodel``) on one converted graph:
     data input ``x``, data output ``y``, every state ``NAME`` fed back from ``NAME_out``."""
-    from convert.build import _tensor_specs
+    from convert.build import tensor_specs
     from convert.export import tensor_table
     from edge.bundle import SubmodelSpec
     from edge.options import Options
     from edge.submodel import TFLiteSubmodel
 
     ins, outs = tensor_table(flatbuffer)
-    spec = SubmodelSpec(name="bottleneck", file="", sha256="", inputs=_tensor_specs(ins, [n for n, _ in inputs]),
-                        outputs=_tensor_specs(outs, ["y", *(f"{n}_out" for n in states)]), data_input="x",
+    spec = SubmodelSpec(name="bottleneck", file="", sha256="", inputs=tensor_specs(ins, [n for n, _ in inputs]),
+                        outputs=tensor_specs(outs, ["y", *(f"{n}_out" for n in states)]), data_input="x",
                         data_output="y", states=tuple((n, f"{n}_out") for n in states), content=flatbuffer)
     return TFLiteSubmodel(SimpleNamespace(path="<bench>"), spec, Options(num_threads=1))
 
@@ -119,7 +117,7 @@ def main() -> int:
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((1, WIDTH)).astype(np.float32) for _ in range(args.hops)]
     times, _ = interleaved(steppers, xs, args.rounds, f"gru {args.modes[0]}")
-    ratios = {k: [t / g for t, g in zip(times[k], times[f"gru {k.split()[1]}"])] for k in steppers}
+    ratios = {k: [t / g for t, g in zip(times[k], times[f"gru {k.split()[1]}"], strict=True)] for k in steppers}
     rows = []
     for k in steppers:
         rows.append({"what": k, "unit": "ms/block", **summary(times[k], 5)})

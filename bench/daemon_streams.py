@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import EXAMPLE, REPO, published_bundles, write_result
 
 

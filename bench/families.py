@@ -16,9 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import REPO, example_hops, interleaved, skip, summary, write_result  # noqa: I001
+from common import REPO, example_hops, interleaved, skip, summary, write_result
 
-import edge  # noqa: E402
+import edge
 
 
 def main() -> int:

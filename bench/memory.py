@@ -18,7 +18,6 @@ import tempfile
 import time
 
 import numpy as np
-
 from common import EXAMPLE, WORK, published_bundles, summary, write_result
 
 GOAL_MB = 120.0

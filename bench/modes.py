@@ -15,9 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import REPO, example_hops, interleaved, skip, summary, write_result  # noqa: I001
+from common import REPO, example_hops, interleaved, skip, summary, write_result
 
-import edge  # noqa: E402
+import edge
 
 ORDER = ("float32", "float16", "dynamic", "int16x8", "int8")
 

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import EXAMPLE, REFERENCE, published_bundles, skip, summary, write_result
 
 BLOCK_LEN, BLOCK_SHIFT, RATE = 512, 128, 16000
@@ -123,6 +122,33 @@ def _snr_db(ref: np.ndarray, est: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / max(err, 1e-30)))
 
 
+def _timed_rounds(runners: dict, x: np.ndarray, rounds: int, chunk_blocks: int) -> dict[str, list[float]]:
+    """ms per block of each runner in each of ``rounds`` rounds (after one warm-up round), the variants taking
+    turns chunk by chunk, the first one rotating."""
+    names = list(runners)
+    blocks = len(x) // BLOCK_SHIFT
+    chunks = [x[c * chunk_blocks * BLOCK_SHIFT:(c + 1) * chunk_blocks * BLOCK_SHIFT]
+              for c in range(-(-blocks // chunk_blocks))]
+    per_round: dict[str, list[float]] = {n: [] for n in names}
+    turn = 0
+    for r in range(rounds + 1):
+        spent = dict.fromkeys(names, 0)
+        for chunk in chunks:
+            for i in range(len(names)):
+                name = names[(turn + i) % len(names)]
+                t0 = time.perf_counter_ns()
+                runners[name].run(chunk)
+                spent[name] += time.perf_counter_ns() - t0
+            turn += 1
+        if r == 0:
+            continue  # warm-up round
+        for n in names:
+            per_round[n].append(spent[n] / 1e6 / blocks)
+        print(f"round {r}: " + ", ".join(f"{n} {per_round[n][-1]:.4f}" for n in names) + " ms/block",
+              file=sys.stderr, flush=True)
+    return per_round
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=9, help="timed rounds after one warm-up round (default: 9)")
@@ -153,28 +179,10 @@ def main() -> int:
     names = list(runners)
     x = _audio(args.seconds)
     blocks = len(x) // BLOCK_SHIFT
-    chunks = [x[c * args.chunk * BLOCK_SHIFT:(c + 1) * args.chunk * BLOCK_SHIFT]
-              for c in range(-(-blocks // args.chunk))]
-    per_round: dict[str, list[float]] = {n: [] for n in names}
-    turn = 0
-    for r in range(args.rounds + 1):
-        spent = dict.fromkeys(names, 0)
-        for chunk in chunks:
-            for i in range(len(names)):
-                name = names[(turn + i) % len(names)]
-                t0 = time.perf_counter_ns()
-                runners[name].run(chunk)
-                spent[name] += time.perf_counter_ns() - t0
-            turn += 1
-        if r == 0:
-            continue  # warm-up round
-        for n in names:
-            per_round[n].append(spent[n] / 1e6 / blocks)
-        print(f"round {r}: " + ", ".join(f"{n} {per_round[n][-1]:.4f}" for n in names) + " ms/block",
-              file=sys.stderr, flush=True)
+    per_round = _timed_rounds(runners, x, args.rounds, args.chunk)
 
     def ratio(a: str, b: str) -> list[float]:
-        return [x / y for x, y in zip(per_round[a], per_round[b])]
+        return [x / y for x, y in zip(per_round[a], per_round[b], strict=True)]
 
     ratios = {"ours float32 / published float32": ratio("ours float32", "published float32"),
               "ours dynamic / published dynamic": ratio("ours dynamic", "published dynamic"),
@@ -202,7 +210,8 @@ def main() -> int:
                   "The published loop here resolves tensor indices once instead of reading input_details "
                   "each block: if anything that favours the published loop."]})
     for row in rows:
-        print(f"{row['what']:<58} median {row['median']:.4f} {row['unit']} (min {row['min']:.4f}, max {row['max']:.4f})")
+        print(f"{row['what']:<58} median {row['median']:.4f} {row['unit']} "
+              f"(min {row['min']:.4f}, max {row['max']:.4f})")
     for g in goals:
         print(f"goal {g['what']}: {g['value']:.3f} {g['goal']}: {'met' if g['met'] else 'MISSED'}")
     return 0

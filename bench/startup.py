@@ -44,7 +44,7 @@ def api_run(bundle: str) -> tuple[float, dict[str, float]]:
     fields = line.split()
     if p.returncode != 0 or len(fields) != 5:
         raise SystemExit(f"API child failed ({p.returncode}): {line!r}")
-    return 1e3 * elapsed, dict(zip(SPLIT, map(float, fields[1:])))
+    return 1e3 * elapsed, dict(zip(SPLIT, map(float, fields[1:]), strict=True))
 
 
 def cli_run(cli: list[str], bundle: str) -> float:

@@ -1,4 +1,4 @@
-"""``python -m convert``: a DTLN or PoCoNet checkpoint -> a verified tflite bundle in one quantisation mode."""
+"""``python -m convert``: a model checkpoint (DTLN, PoCoNet) -> a verified tflite bundle in one quantisation mode."""
 
 from __future__ import annotations
 
@@ -7,24 +7,22 @@ import os
 import sys
 
 from .errors import ConvertError, VerificationError
-from .export import MODES
-
-FAMILIES = ("dtln", "poconet")
+from .families import NAMES as FAMILIES
+from .modes import NAMES as MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .build import default_paths
-
     p = argparse.ArgumentParser(
         prog="python -m convert",
         description="Convert a DTLN or PoCoNet checkpoint (h5) into a verified, FFT-free tflite bundle for "
                     "edge-denoise.")
-    p.add_argument("--family", choices=FAMILIES, default="dtln",
-                   help="model family of the weights: dtln, or poconet (our causal U-Net; default: dtln)")
+    p.add_argument("--family", choices=FAMILIES, default=FAMILIES[0],
+                   help=f"model family of the weights: dtln, or poconet (our causal U-Net; default: {FAMILIES[0]})")
     p.add_argument("--weights", metavar="FILE", default=None,
-                   help=f"weights (.h5; dtln: published or ours; poconet: written by python -m convert.train "
-                        "--family poconet; default: the shipped weights, pretrained_model/dtln-16k/ (for "
-                        "--quantize int8: dtln-16k-int8/, fine-tuned for full integer) or poconet-16k/)")
+                   help="weights (.h5; dtln: published or ours; poconet: written by python -m convert.train "
+                        "--family poconet; default: the shipped weights, pretrained_model/dtln-16k/ or "
+                        "poconet-16k/; for dtln --quantize int8 the shipped dtln-16k-int8/, fine-tuned for full "
+                        "integer; the command says which file it converts)")
     p.add_argument("--quantize", choices=MODES, default="none",
                    help="none = float32 (the reference); float16; dynamic = int8 weights; int8 = full integer; "
                         "int16x8 = int16 activations, int8 weights (default: none)")
@@ -63,39 +61,33 @@ def _run(args) -> int:
     from edge.errors import AudioError
 
     from . import build, data
-    from .dtln import load_weights, with_block_shift
+    from .families import family
 
-    paths = build.default_paths()
-    # the shipped DTLN for full int8 is the one fine-tuned for it (its model card says why there are two)
-    default = paths["poconet_weights" if args.family == "poconet" else
-                    "int8_weights" if args.quantize == "int8" else "weights"]
-    weights_path = args.weights or str(default)
-    if args.weights is None and not os.path.exists(weights_path):
-        raise ConvertError(f"no --weights given and the shipped weights {weights_path} are missing")
-    if args.family == "poconet":
-        from .poconet import load_weights as load_poconet
-
-        weights = load_poconet(weights_path)
-        if args.block_shift is not None and args.block_shift != weights.config.block_shift:
-            raise ConvertError(f"--block-shift {args.block_shift}: a poconet model runs at the hop it was trained "
-                               f"with ({weights.config.block_shift} in {weights_path})")
-    else:
-        weights = with_block_shift(load_weights(weights_path), 128 if args.block_shift is None else args.block_shift)
-    output = args.output or os.path.join("bundles", f"{args.family}-16k-{args.quantize}")
+    fam = family(args.family)
+    weights_path = args.weights
+    if weights_path is None:
+        default = fam.default_weights(args.quantize)
+        weights_path = str(default.path)
+        if not os.path.exists(weights_path):
+            raise ConvertError(f"no --weights given and the shipped weights {weights_path} are missing")
+        if not args.quiet:
+            print(f"no --weights: converting the shipped {os.path.relpath(weights_path)}"
+                  + (f" ({default.why})" if default.why else ""), file=sys.stderr)
+    weights = fam.load_weights(weights_path, block_shift=args.block_shift)
+    rate = weights.config.sample_rate
+    output = args.output or os.path.join("bundles", f"{fam.name}-{rate // 1000}k-{args.quantize}")
     verify_files = args.verify_audio or [str(p) for p in build.example_files()]
     if not verify_files:
         raise ConvertError("no verification audio: pass --verify-audio FILE (speech at any rate)")
     try:
-        verify_audio = data.load_files(verify_files)
-        calib_audio = data.load_files(args.calib_audio) if args.calib_audio else data.dev_mixes()
+        verify_audio = data.load_files(verify_files, rate)
+        calib_audio = data.load_files(args.calib_audio, rate) if args.calib_audio else data.dev_mixes()
     except AudioError as exc:
         raise ConvertError(str(exc)) from None
-    progress = build.Progress() if args.quiet else build.TERMINAL
-    convert = build.convert_poconet if args.family == "poconet" else build.convert_dtln
-    bundle = convert(
+    bundle = build.convert(
         weights, args.quantize, output, force=args.force, name=args.name, verify_audio=verify_audio,
         verify_names=[os.path.basename(f) for f in verify_files], calib_audio=calib_audio or None,
-        source=os.path.basename(weights_path), progress=progress)
+        source=os.path.basename(weights_path), progress=build.Progress() if args.quiet else build.TERMINAL)
     v = bundle.manifest["verification"]
     if args.quiet:
         print(bundle.path)

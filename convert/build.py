@@ -1,4 +1,8 @@
-"""Write a verified model bundle: convert, calibrate, verify, then rename into place."""
+"""Write a verified model bundle: ``convert()`` plans, converts, calibrates, verifies, then renames into place.
+
+It knows no family: the weights' family (``convert.families``) supplies the graphs for the mode, the float
+reference and the manifest's facts; the mode (``convert.modes``) supplies quantisation, tolerance and runtimes.
+"""
 
 from __future__ import annotations
 
@@ -9,39 +13,216 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 import edge
-from edge.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, SubmodelSpec, TensorSpec, load_bundle, sha256_bytes
+from edge.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, TensorSpec, load_bundle, sha256_bytes
 from edge.interpreter import interpreter_package
 
-from .dtln import DTLNWeights, StreamOptions, budget, build_streaming_models, runtime_bases, stream_options_for
 from .errors import ConvertError, VerificationError
-from .export import MODES, op_names, tensor_table, to_tflite
-from .verify import TOLERANCE_DB, compare, keras_denoiser, run_stream
+from .export import op_names, tensor_table, to_tflite
+from .families import family_of_weights
+from .families.base import Family, Plan
+from .modes import Mode, mode
+from .verify import calibration, compare, keras_denoiser, run_stream, stub_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Which interpreter packages load each mode's files (checked: ai-edge-litert 2.3, tflite-runtime 2.14).
-RUNTIMES = {
-    "none": ["ai-edge-litert", "tflite-runtime>=2.14", "tensorflow>=2.14"],
-    "float16": ["ai-edge-litert", "tflite-runtime>=2.14", "tensorflow>=2.14"],
-    "dynamic": ["ai-edge-litert", "tensorflow>=2.16"],  # per-channel FULLY_CONNECTED v12
-    "int8": ["ai-edge-litert", "tflite-runtime>=2.14", "tensorflow>=2.14"],
-    "int16x8": ["ai-edge-litert", "tensorflow>=2.16"],  # int16 RSQRT
-}
-LOG_NEEDS = ["ai-edge-litert", "tensorflow>=2.16"]  # LOG v2 in integer graphs
+OFFLINE_MAX_ABS = 1e-4
+"""Streaming Keras reference vs the whole-utterance model, max abs sample difference (float32)."""
+
+FORBIDDEN_OPS = frozenset({"WHILE", "TensorListReserve", "FlexTensorListReserve", "RFFT2D", "FFT"})
+"""Ops a streaming submodel must not hold: loops, Flex ops and FFTs belong to the runtime."""
 
 
 @dataclass(frozen=True)
 class Progress:
     say: Callable[[str], None] = lambda msg: None
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What one conversion needs besides the weights, the mode and the output folder."""
+
+    verify_audio: list[np.ndarray]
+    """Float mono signals at the model's rate: verification runs the reference and the bundle on them."""
+    verify_names: list[str]
+    """Their names, recorded in the manifest."""
+    calib_audio: list[np.ndarray] | None = None
+    """Integer modes calibrate on these (default: the verification audio)."""
+    force: bool = False
+    """Replace an existing output folder."""
+    name: str | None = None
+    """The manifest's bundle name (default: the output folder's name)."""
+    source: str = ""
+    """The weights file's name, recorded in the manifest."""
+    progress: Progress = Progress()
+    tolerance_db: float | None = None
+    """Minimum SNR against the float reference (default: the mode's)."""
+    calib_blocks: int = 2000
+    """At most this many blocks of calibration audio."""
+    opts: Any = None
+    """The family's graph options instead of the mode's graph changes (DTLN: ``StreamOptions``)."""
+
+
+def convert(weights, quantize: str | Mode, output: str | os.PathLike[str], **conversion) -> Bundle:
+    """Convert ``weights`` (any family's) in mode ``quantize``, verify, and write a bundle folder at ``output``.
+
+    Keyword arguments are the fields of ``Conversion``. On any failure nothing is left at ``output``
+    (VerificationError when the bundle misses its tolerance, ConvertError for bad input).
+    """
+    job = Conversion(**conversion)
+    fam = family_of_weights(weights)
+    m = mode(quantize)
+    output = os.path.abspath(output)
+    if os.path.exists(output) and not job.force:
+        raise ConvertError(f"{output} exists; pass --force to replace it")
+    parent = os.path.dirname(output)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+    except OSError as exc:
+        raise ConvertError(f"{parent}: cannot write the bundle there ({exc.strerror})") from None
+    try:
+        plan = fam.plan(weights, m, job.source, job.opts)
+        bundle = _convert_into(fam, plan, weights, m, tmp, job.name or os.path.basename(output), job)
+        bundle = _add_to_verified(tmp, bundle, job)
+        if os.path.exists(output):
+            trash = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old-", dir=parent)
+            os.replace(output, os.path.join(trash, "old"))
+            os.replace(tmp, output)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return replace(bundle, path=output)
+
+
+def _convert_into(fam: Family, plan: Plan, weights, m: Mode, folder: str, name: str, job: Conversion) -> Bundle:
+    """Files, manifest and verification in ``folder``; the bundle as loaded once, with its final manifest."""
+    t0 = time.perf_counter()
+    cfg = weights.config
+    records = None
+    if m.calibrated:
+        job.progress.say(f"calibrating {m.name} (closed loop, float model states)")
+        stub = stub_bundle(weights, [io for _, io in plan.pairs], plan.family_options, family=fam.name,
+                           window=plan.window, arrays=plan.arrays)
+        records = calibration(stub, plan.pairs, job.calib_audio or job.verify_audio, job.calib_blocks)
+    submodels, ops = _write_submodels(plan, m, folder, records, job.progress)
+    arrays = _write_arrays(plan.arrays, folder)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "family": fam.name,
+        "sample_rate": cfg.sample_rate, "block_len": cfg.block_len, "block_shift": cfg.block_shift,
+        "window": plan.window, "latency_samples": cfg.latency_samples,
+        "quantization": m.name, "family_options": plan.family_options, "submodels": submodels,
+        **({"arrays": arrays} if arrays else {}),
+        "runtimes": m.runtimes_for(ops),
+        "model": plan.model,
+        "converter_options": {**plan.converter_options, "calibration": "closed-loop" if records is not None else None},
+        "producer": {"tool": "python -m convert", **_versions()},
+    }
+    _write_manifest(folder, manifest)
+    bundle = load_bundle(folder)
+    tolerance = m.tolerance_db if job.tolerance_db is None else job.tolerance_db
+    manifest["verification"] = _verify(fam, plan, weights, bundle, job, tolerance, t0)
+    raw = _write_manifest(folder, manifest)
+    _raise_unless_passed(manifest["verification"], plan, m)
+    return replace(bundle, manifest=MappingProxyType(manifest), sha256=sha256_bytes(raw))
+
+
+def _add_to_verified(folder: str, bundle: Bundle, job: Conversion) -> Bundle:
+    """The place for steps that add to a verified bundle before it is renamed into place (a golden pair,
+    batched submodels): each writes into ``folder``; one that rewrites manifest.json returns
+    ``load_bundle(folder)`` so that the bundle returned matches the files. None yet: the bundle as it is."""
+    return bundle
+
+
+def _write_submodels(plan: Plan, m: Mode, folder: str, records: dict | None, progress: Progress,
+                     ) -> tuple[list[dict], set[str]]:
+    """Each streaming graph as ``NAME.tflite``: its manifest entries and every op the bundle holds."""
+    submodels = []
+    ops_all: set[str] = set()
+    for model, io in plan.pairs:
+        progress.say(f"converting {io.name} ({m.name})")
+        calib = (lambda recs=records[io.name]: iter(recs)) if records is not None else None
+        content = to_tflite(model, io.inputs, m, calib)
+        ops = op_names(content)
+        bad = FORBIDDEN_OPS & set(ops)
+        if bad:
+            raise ConvertError(f"{io.name}: converted graph holds {sorted(bad)}; the streaming form must not")
+        ops_all |= set(ops)
+        fname = f"{io.name}.tflite"
+        with open(os.path.join(folder, fname), "wb") as f:
+            f.write(content)
+        ins, outs = tensor_table(content)
+        submodels.append({
+            "name": io.name, "file": fname, "sha256": sha256_bytes(content), "bytes": len(content),
+            "inputs": [{"name": n, **ins[n]} for n, _ in io.inputs],
+            "outputs": [{"name": n, **outs[n]} for n, _ in io.outputs],
+            "data_input": io.data_input, "data_output": io.data_output, "states": dict(io.states),
+            "ops": ops,
+        })
+    return submodels, ops_all
+
+
+def _write_arrays(arrays: dict[str, np.ndarray], folder: str) -> list[dict]:
+    """Each constant array as ``NAME.npy``: its manifest entries."""
+    out = []
+    for aname, a in arrays.items():
+        buf = BytesIO()
+        np.save(buf, a, allow_pickle=False)
+        fname = f"{aname}.npy"
+        with open(os.path.join(folder, fname), "wb") as f:
+            f.write(buf.getvalue())
+        out.append({"name": aname, "file": fname, "sha256": sha256_bytes(buf.getvalue()),
+                    "shape": list(a.shape), "dtype": a.dtype.name})
+    return out
+
+
+def _verify(fam: Family, plan: Plan, weights, bundle: Bundle, job: Conversion, tolerance_db: float,
+            t0: float) -> dict:
+    """The manifest's ``verification``: the bundle against the float Keras reference through the same loop."""
+    job.progress.say("verifying against the Keras float reference")
+    ref_den = keras_denoiser(stub_bundle(weights, [io for _, io in plan.reference], plan.reference_options,
+                                         family=fam.name, window=plan.window), plan.reference, plan.reference_options)
+    refs = run_stream(ref_den, job.verify_audio)
+    tests = run_stream(edge.StreamingDenoiser(bundle), job.verify_audio)
+    fig = compare(refs, tests, bundle.sample_rate)
+    out = {
+        "reference": "Keras float32 streaming graph of the model as trained (without the conversion's graph "
+                     "changes), same edge block loop",
+        "audio": job.verify_names, **fig, "tolerance_snr_db": tolerance_db,
+        "passed": bool(fig["snr_db"] >= tolerance_db),
+        "seconds_to_convert": round(time.perf_counter() - t0, 1),
+    }
+    if plan.offline is not None:
+        job.progress.say("checking the streaming reference against the whole-utterance model")
+        off = compare(plan.offline(job.verify_audio), refs, bundle.sample_rate)
+        offline_ok = bool(off["max_abs_error"] <= OFFLINE_MAX_ABS)
+        out["offline"] = {"reference": "Keras whole-utterance model vs the float32 streaming reference above",
+                          **off, "tolerance_max_abs_error": OFFLINE_MAX_ABS, "passed": offline_ok}
+        out["passed"] = out["passed"] and offline_ok
+    return out
+
+
+def _raise_unless_passed(v: dict, plan: Plan, m: Mode) -> None:
+    if not v.get("offline", {}).get("passed", True):
+        raise VerificationError(
+            f"the streaming graph does not reproduce the whole-utterance model: max abs error "
+            f"{v['offline']['max_abs_error']:.3g} > {OFFLINE_MAX_ABS:g}; nothing written.")
+    if not v["passed"]:
+        hint = plan.int8_hint if m.name == "int8" else ""
+        raise VerificationError(
+            f"{m.name} bundle misses its tolerance: SNR {v['snr_db']:.1f} dB against the float reference, "
+            f"needs >= {v['tolerance_snr_db']:.0f} dB (max abs error {v['max_abs_error']:.3g}); nothing written.{hint}")
 
 
 def _versions() -> dict[str, str]:
@@ -58,280 +239,23 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _tensor_specs(table: dict[str, dict], order) -> tuple[TensorSpec, ...]:
+def tensor_specs(table: dict[str, dict], order) -> tuple[TensorSpec, ...]:
+    """``TensorSpec``s of the named tensors of a ``convert.export.tensor_table``, in ``order``."""
     return tuple(TensorSpec(name=n, tensor=table[n]["tensor"], shape=tuple(table[n]["shape"]),
                             dtype=table[n]["dtype"], scale=table[n]["scale"], zero_point=table[n]["zero_point"])
                  for n in order)
 
 
-def stub_bundle(weights, ios, family_options: dict, *, family: str = "dtln", window: str = "none",
-                arrays: dict | None = None) -> Bundle:
-    """A Bundle describing Keras submodels (no files): lets the edge framing drive Keras models."""
-    cfg = weights.config
-
-    def spec(n, s):
-        return TensorSpec(name=n, tensor=n, shape=tuple(s), dtype="float32")
-
-    subs = tuple(SubmodelSpec(name=io.name, file="", sha256="", inputs=tuple(spec(n, s) for n, s in io.inputs),
-                              outputs=tuple(spec(n, s) for n, s in io.outputs), data_input=io.data_input,
-                              data_output=io.data_output, states=io.states) for io in ios)
-    return Bundle(path="<keras>", name="keras", family=family, sample_rate=16000, block_len=cfg.block_len,
-                  block_shift=cfg.block_shift, window=window, latency_samples=cfg.latency_samples,
-                  quantization="none", family_options=MappingProxyType(family_options), submodels=subs,
-                  manifest=MappingProxyType({}), sha256="",
-                  arrays=MappingProxyType({k: np.asarray(v, np.float32) for k, v in (arrays or {}).items()}))
-
-
-def _calibration(weights, models, ios, family_options, audio, max_blocks: int, *, family: str = "dtln",
-                 window: str = "none", arrays: dict | None = None) -> dict[str, list]:
-    """Closed loop: each submodel input recorded with the states the float model itself produced."""
-    records: dict[str, list] = {}
-    den = keras_denoiser(stub_bundle(weights, ios, family_options, family=family, window=window, arrays=arrays),
-                         models, family_options, records)
-    total = 0
-    for x in audio:
-        x = x[: max(0, max_blocks - total) * weights.config.block_shift]
-        if len(x) == 0:
-            break
-        run_stream(den, [x])
-        total = len(next(iter(records.values())))
-    return records
-
-
-@dataclass
-class _Plan:
-    """What one family contributes to a bundle: graphs for the mode, the float reference, manifest facts."""
-
-    family: str
-    window: str
-    family_options: dict
-    pairs: list
-    """(keras streaming model, IOSpec) to convert, in call order."""
-    reference: list
-    """The float32 streaming graphs without graph changes: what verification compares against."""
-    reference_options: dict
-    model: dict
-    """The manifest's ``model`` entry."""
-    converter_options: dict
-    int8_hint: str = ""
-    offline: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None
-    """Whole-utterance Keras model on each signal (delay compensated), when the family has one."""
-    arrays: dict = field(default_factory=dict)
-    """Constant arrays the runtime applies itself (name -> array), written as ``NAME.npy``."""
-
-
-def _dtln_plan(weights: DTLNWeights, mode: str, opts: StreamOptions | None, source: str) -> _Plan:
-    cfg = weights.config
-    opts = stream_options_for(mode, cfg, opts)
-    fig = budget(cfg)
-    family_options = {"frame_rms_norm": opts.frame_rms_norm, "log_mag": bool(opts.log_mag_outside and cfg.norm_mag)}
-    arrays = {}
-    if opts.bases_outside:
-        family_options["stage2_bases"] = "runtime"
-        arrays = runtime_bases(weights)
-    return _Plan(
-        family="dtln", window="none", family_options=family_options, pairs=build_streaming_models(weights, opts),
-        reference=build_streaming_models(weights, stream_options_for("none", cfg)), reference_options={},
-        model={"config": asdict(cfg), "parameters": fig["parameters"], "macs_per_frame": fig["macs_per_frame"],
-               "macs_per_second": fig["macs_per_second"], "source": source},
-        converter_options=asdict(opts), arrays=arrays,
-        int8_hint=((" This model was fine-tuned with --qat and still misses: quiet-bin detail (e.g. from a "
-                    "--spectral loss) is what int8 loses first. The shipped pretrained_model/dtln-16k-int8 is "
-                    "fine-tuned for it" if cfg.qat else
-                    f" Full int8 needs a model fine-tuned for it: python -m convert.train --init "
-                    f"{source or 'WEIGHTS.h5'} --qat --out runs/qat, then convert runs/qat/best.h5")
-                   + "; for this checkpoint use --quantize dynamic (int8 weights) or --quantize int16x8."))
-
-
-def _poconet_plan(weights, mode: str, source: str) -> _Plan:
-    from . import poconet
-
-    cfg = weights.config
-    fig = poconet.budget(cfg)
-    pair = poconet.build_streaming_model(weights, frames=1)
-    model = poconet.build_training_model(cfg, weights)
-
-    def offline(audio: list[np.ndarray]) -> list[np.ndarray]:
-        return [np.asarray(model(x.astype(np.float32)[None], training=False))[0] for x in audio]
-
-    return _Plan(
-        family=poconet.FAMILY, window=cfg.window, family_options=poconet.family_options(cfg), pairs=[pair],
-        reference=[pair], reference_options=poconet.family_options(cfg),
-        model={"config": asdict(cfg), "parameters": fig["parameters"], "macs_per_frame": fig["macs_per_frame"],
-               "macs_per_second": fig["macs_per_second"], "source": source},
-        converter_options={"frames_per_call": 1},
-        int8_hint=" For this checkpoint use --quantize float16 or --quantize dynamic (int8 weights).",
-        offline=offline)
-
-
-def convert_dtln(weights: DTLNWeights, mode: str, output: str, *, force: bool = False, name: str | None = None,
-                 verify_audio: list[np.ndarray], verify_names: list[str], calib_audio: list[np.ndarray] | None = None,
-                 opts: StreamOptions | None = None, source: str = "", progress: Progress = Progress(),
-                 tolerance_db: float | None = None, calib_blocks: int = 2000) -> Bundle:
-    """Convert, verify and write a bundle folder; on any failure nothing is left at ``output``."""
-    return _write_bundle(lambda: _dtln_plan(weights, mode, opts, source), weights, mode, output, force, name,
-                         verify_audio, verify_names, calib_audio, progress, tolerance_db, calib_blocks)
-
-
-def convert_poconet(weights, mode: str, output: str, *, force: bool = False, name: str | None = None,
-                    verify_audio: list[np.ndarray], verify_names: list[str],
-                    calib_audio: list[np.ndarray] | None = None, source: str = "", progress: Progress = Progress(),
-                    tolerance_db: float | None = None, calib_blocks: int = 2000) -> Bundle:
-    """A PoCoNet-style U-Net (``convert.poconet.PoCoNetWeights``) -> verified bundle of family ``poconet``.
-
-    Verification also checks that the float streaming graph driven through the edge loop equals the
-    whole-utterance Keras model (max abs difference <= OFFLINE_MAX_ABS).
-    """
-    return _write_bundle(lambda: _poconet_plan(weights, mode, source), weights, mode, output, force, name,
-                         verify_audio, verify_names, calib_audio, progress, tolerance_db, calib_blocks)
-
-
-OFFLINE_MAX_ABS = 1e-4
-"""Streaming Keras reference vs the whole-utterance model, max abs sample difference (float32)."""
-
-
-def _write_bundle(make_plan, weights, mode, output, force, name, verify_audio, verify_names, calib_audio,
-                  progress, tolerance_db, calib_blocks) -> Bundle:
-    if mode not in MODES:
-        raise ConvertError(f"unknown quantisation mode {mode!r}; choose one of {', '.join(MODES)}")
-    output = os.path.abspath(output)
-    if os.path.exists(output) and not force:
-        raise ConvertError(f"{output} exists; pass --force to replace it")
-    parent = os.path.dirname(output)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
-    except OSError as exc:
-        raise ConvertError(f"{parent}: cannot write the bundle there ({exc.strerror})") from None
-    try:
-        bundle = _convert_into(make_plan(), weights, mode, tmp, name or os.path.basename(output), verify_audio,
-                               verify_names, calib_audio, progress,
-                               TOLERANCE_DB[mode] if tolerance_db is None else tolerance_db, calib_blocks)
-        if os.path.exists(output):
-            trash = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old-", dir=parent)
-            os.replace(output, os.path.join(trash, "old"))
-            os.replace(tmp, output)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return load_bundle(output)
-
-
-def _convert_into(plan: _Plan, weights, mode, folder, name, verify_audio, verify_names, calib_audio, progress,
-                  tolerance_db, calib_blocks) -> Bundle:
-    t0 = time.perf_counter()
-    cfg = weights.config
-    family_options = plan.family_options
-    pairs = plan.pairs
-    ios = [io for _, io in pairs]
-    calib = None
-    if mode in ("int8", "int16x8"):
-        progress.say(f"calibrating {mode} (closed loop, float model states)")
-        records = _calibration(weights, pairs, ios, family_options, calib_audio or verify_audio, calib_blocks,
-                               family=plan.family, window=plan.window, arrays=plan.arrays)
-    submodels = []
-    ops_all: set[str] = set()
-    for model, io in pairs:
-        progress.say(f"converting {io.name} ({mode})")
-        if mode in ("int8", "int16x8"):
-            calib = (lambda recs=records[io.name]: iter(recs))
-        content = to_tflite(model, io.inputs, mode, calib)
-        ops = op_names(content)
-        bad = {"WHILE", "TensorListReserve", "FlexTensorListReserve", "RFFT2D", "FFT"} & set(ops)
-        if bad:
-            raise ConvertError(f"{io.name}: converted graph holds {sorted(bad)}; the streaming form must not")
-        ops_all |= set(ops)
-        fname = f"{io.name}.tflite"
-        with open(os.path.join(folder, fname), "wb") as f:
-            f.write(content)
-        ins, outs = tensor_table(content)
-        submodels.append({
-            "name": io.name, "file": fname, "sha256": sha256_bytes(content), "bytes": len(content),
-            "inputs": [{"name": n, **ins[n]} for n, _ in io.inputs],
-            "outputs": [{"name": n, **outs[n]} for n, _ in io.outputs],
-            "data_input": io.data_input, "data_output": io.data_output, "states": dict(io.states),
-            "ops": ops,
-        })
-    arrays = []
-    for aname, a in plan.arrays.items():
-        buf = BytesIO()
-        np.save(buf, a, allow_pickle=False)
-        fname = f"{aname}.npy"
-        with open(os.path.join(folder, fname), "wb") as f:
-            f.write(buf.getvalue())
-        arrays.append({"name": aname, "file": fname, "sha256": sha256_bytes(buf.getvalue()),
-                       "shape": list(a.shape), "dtype": a.dtype.name})
-    runtimes = RUNTIMES[mode]
-    if mode in ("int8", "int16x8") and "LOG" in ops_all:
-        runtimes = LOG_NEEDS
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "family": plan.family,
-        "sample_rate": 16000, "block_len": cfg.block_len, "block_shift": cfg.block_shift, "window": plan.window,
-        "latency_samples": cfg.latency_samples,
-        "quantization": mode, "family_options": family_options, "submodels": submodels,
-        **({"arrays": arrays} if arrays else {}),
-        "runtimes": runtimes,
-        "model": plan.model,
-        "converter_options": {**plan.converter_options, "calibration": "closed-loop" if calib else None},
-        "producer": {"tool": "python -m convert", **_versions()},
-    }
-    _write_manifest(folder, manifest)
-    bundle = load_bundle(folder)
-
-    progress.say("verifying against the Keras float reference")
-    ref_pairs = plan.reference
-    ref_den = keras_denoiser(stub_bundle(weights, [io for _, io in ref_pairs], plan.reference_options,
-                                         family=plan.family, window=plan.window), ref_pairs, plan.reference_options)
-    refs = run_stream(ref_den, verify_audio)
-    tests = run_stream(edge.StreamingDenoiser(bundle), verify_audio)
-    fig = compare(refs, tests)
-    passed = bool(fig["snr_db"] >= tolerance_db)
-    manifest["verification"] = {
-        "reference": "Keras float32 streaming graph of the model as trained (without the conversion's graph changes), same edge block loop",
-        "audio": verify_names, **fig, "tolerance_snr_db": tolerance_db, "passed": passed,
-        "seconds_to_convert": round(time.perf_counter() - t0, 1),
-    }
-    offline_ok = True
-    if plan.offline is not None:
-        progress.say("checking the streaming reference against the whole-utterance model")
-        off = compare(plan.offline(verify_audio), refs)
-        offline_ok = bool(off["max_abs_error"] <= OFFLINE_MAX_ABS)
-        manifest["verification"]["offline"] = {
-            "reference": "Keras whole-utterance model vs the float32 streaming reference above",
-            **off, "tolerance_max_abs_error": OFFLINE_MAX_ABS, "passed": offline_ok}
-        manifest["verification"]["passed"] = passed = passed and offline_ok
-    _write_manifest(folder, manifest)
-    if not offline_ok:
-        raise VerificationError(
-            f"the streaming graph does not reproduce the whole-utterance model: max abs error "
-            f"{manifest['verification']['offline']['max_abs_error']:.3g} > {OFFLINE_MAX_ABS:g}; nothing written.")
-    if not passed:
-        hint = plan.int8_hint if mode == "int8" else ""
-        raise VerificationError(
-            f"{mode} bundle misses its tolerance: SNR {fig['snr_db']:.1f} dB against the float reference, "
-            f"needs >= {tolerance_db:.0f} dB (max abs error {fig['max_abs_error']:.3g}); nothing written.{hint}")
-    return load_bundle(folder)
-
-
-def _write_manifest(folder: str, manifest: dict) -> None:
-    with open(os.path.join(folder, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.write("\n")
+def _write_manifest(folder: str, manifest: dict) -> bytes:
+    raw = (json.dumps(manifest, indent=1) + "\n").encode()
+    with open(os.path.join(folder, MANIFEST), "wb") as f:
+        f.write(raw)
+    return raw
 
 
 def bundle_bytes(folder: str | os.PathLike[str]) -> int:
     """Bytes on disk of a bundle's model files (submodels and arrays; the manifest left out)."""
     return sum(p.stat().st_size for p in Path(folder).iterdir() if p.name != MANIFEST)
-
-
-def default_paths() -> dict[str, Path]:
-    return {"weights": REPO / "pretrained_model" / "dtln-16k" / "dtln_weights.h5",
-            "int8_weights": REPO / "pretrained_model" / "dtln-16k-int8" / "dtln_weights.h5",
-            "poconet_weights": REPO / "pretrained_model" / "poconet-16k" / "poconet_weights.h5",
-            "examples": REPO / "examples"}
 
 
 def example_files() -> list[Path]:

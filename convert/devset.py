@@ -33,13 +33,13 @@ def generalisation_categories(root: Path, esc50: Path) -> dict[str, list[np.ndar
     """Noise recordings per unseen category: each held-out ESC-50 class and each household recording."""
     cats: dict[str, list[np.ndarray]] = {}
     clips = [f for f in find_audio([esc50]) if esc50_class(f) in ESC50_HELDOUT]
-    for f, x in zip(clips, load_files(clips)):
+    for f, x in zip(clips, load_files(clips), strict=True):
         cats.setdefault(f"esc50:{ESC50_HELDOUT[esc50_class(f)]}", []).append(x)
     missing = set(ESC50_HELDOUT.values()) - {c.split(":", 1)[1] for c in cats}
     if missing:
         raise SystemExit(f"python -m convert.devset: error: {esc50} lacks ESC-50 classes {sorted(missing)}")
     household = find_audio([root / "noise" / "dev" / "household"])
-    for f, x in zip(household, load_files(household)):
+    for f, x in zip(household, load_files(household), strict=True):
         cats[f"household:{f.stem}"] = [x]
     return cats
 

@@ -10,8 +10,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .errors import ConvertError
-
-MODES = ("none", "float16", "dynamic", "int8", "int16x8")
+from .modes import Mode, mode
 
 
 @contextlib.contextmanager
@@ -28,32 +27,18 @@ def quiet():
         with contextlib.redirect_stdout(buf):
             yield
     finally:
-        for fd, s in zip((1, 2), saved):
+        for fd, s in zip((1, 2), saved, strict=False):
             os.dup2(s, fd)
             os.close(s)
 
 
-def serving_function(model, inputs: Iterable[tuple[str, tuple[int, ...]]]):
-    """A tf.function whose signature has one named float32 argument per model input."""
-    import tensorflow as tf
-
-    names = [n for n, _ in inputs]
-    specs = [tf.TensorSpec(shape, tf.float32, name=n) for n, shape in inputs]
-
-    @tf.function(input_signature=specs, autograph=False)
-    def serve(*args):
-        return model(dict(zip(names, args)), training=False)
-
-    return serve
-
-
-def to_tflite(model, inputs: Iterable[tuple[str, tuple[int, ...]]], mode: str,
+def to_tflite(model, inputs: Iterable[tuple[str, tuple[int, ...]]], quantize: str | Mode,
               calibration: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None) -> bytes:
-    """Convert one streaming submodel; ``calibration`` yields dicts keyed by signature input name."""
+    """Convert one streaming submodel as the mode's table entry says (``convert.modes``); ``calibration``
+    yields dicts keyed by signature input name (integer modes need it)."""
     import tensorflow as tf
 
-    if mode not in MODES:
-        raise ConvertError(f"unknown quantisation mode {mode!r}; choose one of {', '.join(MODES)}")
+    m = mode(quantize)
     inputs = list(inputs)
     with quiet():
         import tempfile
@@ -68,27 +53,25 @@ def to_tflite(model, inputs: Iterable[tuple[str, tuple[int, ...]]], mode: str,
         archive.track(model)
         archive.add_endpoint(
             name="serving_default",
-            fn=lambda *args: model(dict(zip(names, args)), training=False),
+            fn=lambda *args: model(dict(zip(names, args, strict=True)), training=False),
             input_signature=[tf.TensorSpec(shape, tf.float32, name=n) for n, shape in inputs])
         tmp = tempfile.TemporaryDirectory(prefix="convert-sm-")
         archive.write_out(tmp.name, verbose=False)
         conv = tf.lite.TFLiteConverter.from_saved_model(tmp.name)
-        if mode != "none":
+        if m.optimize:
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        if mode == "float16":
+        if m.float16:
             conv.target_spec.supported_types = [tf.float16]
-        elif mode in ("int8", "int16x8"):
+        if m.calibrated:
             if calibration is None:
-                raise ConvertError(f"mode {mode} needs calibration data")
+                raise ConvertError(f"mode {m.name} needs calibration data")
 
             def rep():
                 for d in calibration():
                     yield {k: np.asarray(v, np.float32) for k, v in d.items()}
 
             conv.representative_dataset = rep
-            conv.target_spec.supported_ops = (
-                [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] if mode == "int8"
-                else [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8])
+            conv.target_spec.supported_ops = [getattr(tf.lite.OpsSet, m.integer_ops)]
         try:
             return conv.convert()
         finally:
@@ -121,4 +104,4 @@ def op_names(content: bytes) -> list[str]:
     from edge.interpreter import make_interpreter
 
     it = make_interpreter(content)
-    return sorted({d["op_name"] for d in it._get_ops_details()})  # noqa: SLF001 (no public equivalent)
+    return sorted({d["op_name"] for d in it._get_ops_details()})  # no public equivalent

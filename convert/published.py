@@ -16,6 +16,7 @@ from edge.bundle import FORMAT, FORMAT_VERSION, MANIFEST, sha256_bytes
 from edge.interpreter import make_interpreter
 
 from .errors import ConvertError
+from .families.dtln import NAME, DTLNConfig
 
 
 def _describe(details) -> list[dict]:
@@ -30,9 +31,10 @@ def _describe(details) -> list[dict]:
 def wrap_published(model_1: str, model_2: str, output: str, name: str = "dtln-published",
                    quantization: str = "none") -> str:
     """Copy the two files into ``output`` with a manifest; return the folder."""
+    cfg = DTLNConfig()  # the published models are the defaults
     os.makedirs(output, exist_ok=True)
     submodels = []
-    for sub, path, n_data in (("mask", model_1, 257), ("frame", model_2, 512)):
+    for sub, path, n_data in (("mask", model_1, cfg.bins), ("frame", model_2, cfg.block_len)):
         with open(path, "rb") as f:
             content = f.read()
         it = make_interpreter(content)
@@ -49,9 +51,10 @@ def wrap_published(model_1: str, model_2: str, output: str, name: str = "dtln-pu
         submodels.append({"name": sub, "file": fname, "sha256": sha256_bytes(content), "bytes": len(content),
                           "inputs": ins, "outputs": outs, "data_input": data_in["name"],
                           "data_output": data_out["name"], "states": {state_in["name"]: state_out["name"]}})
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "family": "dtln",
-                "sample_rate": 16000, "block_len": 512, "block_shift": 128, "window": "none",
-                "latency_samples": 384, "quantization": quantization, "family_options": {},
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "family": NAME,
+                "sample_rate": cfg.sample_rate, "block_len": cfg.block_len, "block_shift": cfg.block_shift,
+                "window": "none", "latency_samples": cfg.latency_samples, "quantization": quantization,
+                "family_options": {},
                 "submodels": submodels, "runtimes": ["ai-edge-litert", "tflite-runtime>=2.14"],
                 "model": {"source": "published DTLN (github.com/breizhn/DTLN, MIT)"}}
     with open(os.path.join(output, MANIFEST), "w") as f:

@@ -1,10 +1,12 @@
-"""``python -m convert.train``: train DTLN or PoCoNet on speech + noise folders mixed on the fly (Keras 3, CPU)."""
+"""``python -m convert.train``: train DTLN or PoCoNet on speech + noise folders mixed on the fly (Keras 3, CPU).
+
+The recipe is a frozen ``TrainConfig`` (``convert.train_config``); the family (``convert.families``)
+supplies the architecture, the Keras model and the weights I/O, and its framing sets the segment length.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -13,67 +15,14 @@ import numpy as np
 
 from .data import RATE, MixConfig, Mixer, corpus, dev_set, find_audio, load_files, shared_data, without_heldout
 from .errors import ConvertError
+from .families import family
+from .families.base import Family
+from .train_config import TrainConfig, build_parser, resolve, stored
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m convert.train", description=__doc__.split(":", 1)[1].strip())
-    p.add_argument("--out", metavar="DIR", required=True, help="run folder: checkpoints, log.jsonl, best weights")
-    p.add_argument("--data", metavar="DIR", default=None,
-                   help="data root with speech/{train,dev} and noise/{train,dev} (default: ../shared/data)")
-    p.add_argument("--speech", metavar="DIR", nargs="*", default=[], help="extra clean speech folders")
-    p.add_argument("--noise", metavar="DIR", nargs="*", default=[], help="extra noise folders")
-    p.add_argument("--segment", type=float, default=2.0, help="seconds per training segment (default: 2.0)")
-    p.add_argument("--batch", type=int, default=32, help="segments per step (default: 32)")
-    p.add_argument("--steps-per-epoch", type=int, default=400, help="(default: 400)")
-    p.add_argument("--epochs", type=int, default=200, help="maximum epochs (default: 200)")
-    p.add_argument("--lr", type=float, default=1e-3,
-                   help="initial Adam learning rate; with --resume, replaces the run's current one (default: 1e-3)")
-    p.add_argument("--clipnorm", type=float, default=3.0, help="gradient norm clip (default: 3)")
-    p.add_argument("--lr-patience", type=int, default=3, help="epochs without dev gain before halving the LR")
-    p.add_argument("--patience", type=int, default=10, help="epochs without dev gain before stopping")
-    p.add_argument("--min-lr", type=float, default=1e-5)
-    p.add_argument("--family", choices=("dtln", "poconet"), default="dtln",
-                   help="model to train: dtln, or poconet (our causal U-Net, docs/poconet.md) (default: dtln)")
-    p.add_argument("--model-config", metavar="FILE", default=None,
-                   help="poconet: a JSON object of PoCoNetConfig fields to change (default: the edge model)")
-    p.add_argument("--plain", action="store_true", help="DTLN without the log-magnitude norm (default: norm)")
-    p.add_argument("--units", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads (default: 2)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--dev-count", type=int, default=128, help="fixed dev mixes of 4 s (default: 128)")
-    p.add_argument("--max-hours", type=float, default=None, help="stop after this much wall time")
-    p.add_argument("--init", metavar="FILE", default=None,
-                   help="start from these DTLN weights (fine-tuning); the architecture is read from the file")
-    p.add_argument("--qat", action="store_true",
-                   help="quantisation-aware fine-tuning for full int8: gate pre-activations clipped to "
-                        "--gate-clip, cell state to --cell-clip, both and h int8 fake-quantised")
-    p.add_argument("--gate-clip", type=float, default=8.0, help="with --qat (default: 8)")
-    p.add_argument("--cell-clip", type=float, default=8.0, help="with --qat (default: 8)")
-    p.add_argument("--speech-highpass", type=float, default=0.0, metavar="HZ",
-                   help="high-pass the clean speech (train and dev) at HZ before mixing, zero-phase, so the model "
-                        "learns to remove the rumble recorded under it; 50 suits 16 kHz speech (default: 0, off)")
-    p.add_argument("--spectral", type=float, default=0.0, metavar="W",
-                   help="add W x the spectral loss (negative SNR in dB of power-law compressed STFT magnitudes, "
-                        "|X|**0.3) to the negative SI-SDR; dev selection then uses the same sum (default: 0)")
-    p.add_argument("--babble", type=float, default=0.0, metavar="P",
-                   help="share of training mixes whose noise is babble: 3-7 training utterances summed; "
-                        "dev mixes are unchanged (default: 0)")
-    p.add_argument("--noise-eq", type=float, default=0.0, metavar="DB",
-                   help="recolour each training noise by a random smooth gain curve of up to +-DB dB; dev mixes "
-                        "are unchanged (default: 0, off)")
-    p.add_argument("--speed", type=float, default=0.0, metavar="R",
-                   help="speed perturbation of the training speech by a factor in 1 +- R (default: 0, off)")
-    p.add_argument("--snr", type=float, nargs=2, default=[-5.0, 25.0], metavar=("LOW", "HIGH"),
-                   help="input SNR range of the training mixes in dB (default: -5 25)")
-    p.add_argument("--dev-dir", metavar="DIR", default=None,
-                   help="choose checkpoints on these clean/noisy WAV pairs (python -m convert.devset "
-                        "--generalisation) instead of the fixed dev mixes, which are still scored and logged")
-    return p
-
-
-def load_pairs(folder: str) -> tuple[np.ndarray, np.ndarray]:
-    """(noisy, clean) arrays [N, samples] from DIR/noisy/*.wav and the same-named DIR/clean/*.wav."""
+def load_pairs(folder: str, block_len: int, block_shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy, clean) arrays [N, samples] from DIR/noisy/*.wav and the same-named DIR/clean/*.wav, cut to
+    block_len + k * block_shift samples (whole hops, so the framed output has the input's length)."""
     import soundfile as sf
 
     names = sorted(p.name for p in (Path(folder) / "noisy").glob("*.wav"))
@@ -82,32 +31,8 @@ def load_pairs(folder: str) -> tuple[np.ndarray, np.ndarray]:
     pairs = [(sf.read(Path(folder) / "noisy" / n, dtype="float32")[0], sf.read(Path(folder) / "clean" / n,
                                                                          dtype="float32")[0]) for n in names]
     n = min(min(len(a), len(b)) for a, b in pairs)
-    n = 512 + (n - 512) // 128 * 128  # whole hops, so the framed output has the input's length
+    n = block_len + (n - block_len) // block_shift * block_shift
     return np.stack([a[:n] for a, _ in pairs]), np.stack([b[:n] for _, b in pairs])
-
-
-def _poconet_config(args, out: Path):
-    """(PoCoNetConfig, initial weights or None): the run's own on --resume, --init's, else default + --model-config."""
-    from . import poconet
-
-    if args.qat:
-        raise ConvertError("poconet: --qat is DTLN-only")
-    if args.resume and (out / "last.h5").exists():
-        if "model_config" in getattr(args, "given", ()):
-            raise ConvertError("poconet: --model-config cannot change a --resume model")
-        return poconet.load_weights(str(out / "last.h5")).config, None
-    if args.model_config and args.init:
-        raise ConvertError("poconet: --model-config cannot change an --init model")
-    if args.init:
-        init = poconet.load_weights(args.init)
-        return init.config, init
-    cfg = poconet.PoCoNetConfig()
-    if args.model_config:
-        try:
-            cfg = poconet.PoCoNetConfig.from_dict(json.loads(Path(args.model_config).read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise ConvertError(f"--model-config {args.model_config}: {exc}") from None
-    return cfg, None
 
 
 def si_sdr_loss(clean, est):
@@ -124,8 +49,9 @@ def si_sdr_loss(clean, est):
     return -tf.reduce_mean(10.0 * tf.math.log(ratio + 1e-8) / tf.math.log(10.0))
 
 
-def spectral_loss(clean, est):
-    """Negative SNR in dB between |STFT|**0.3 of clean and estimate (512/128 frames), mean over the batch.
+def spectral_loss(clean, est, block_len: int, block_shift: int):
+    """Negative SNR in dB between |STFT|**0.3 of clean and estimate, mean over the batch; the STFT frames
+    as the model does (``block_len`` samples every ``block_shift``).
 
     Scale-dependent (unlike SI-SDR) and weighted towards quiet bins by the compression: what PESQ hears.
     """
@@ -134,7 +60,7 @@ def spectral_loss(clean, est):
     n = tf.minimum(tf.shape(clean)[1], tf.shape(est)[1])
 
     def compressed(x):
-        z = tf.signal.stft(x[:, :n], 512, 128, fft_length=512)
+        z = tf.signal.stft(x[:, :n], block_len, block_shift, fft_length=block_len)
         return tf.pow(tf.math.real(z) ** 2 + tf.math.imag(z) ** 2 + 1e-12, 0.15)
 
     c, e = compressed(clean), compressed(est)
@@ -142,10 +68,11 @@ def spectral_loss(clean, est):
     return -tf.reduce_mean(10.0 * tf.math.log(ratio + 1e-8) / tf.math.log(10.0))
 
 
-def _segment_samples(seconds: float, block_len: int = 512, shift: int = 128) -> int:
-    """Round to block_len + k * shift so that the framed output has exactly the input's length."""
-    k = max(1, round((seconds * RATE - block_len) / shift))
-    return block_len + k * shift
+def segment_samples(seconds: float, arch) -> int:
+    """``seconds`` rounded to block_len + k * block_shift samples of the model's framing (``arch``: its config),
+    so that the framed output has exactly the input's length."""
+    k = max(1, round((seconds * arch.sample_rate - arch.block_len) / arch.block_shift))
+    return arch.block_len + k * arch.block_shift
 
 
 class Log:
@@ -160,69 +87,50 @@ class Log:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for action in parser._actions:  # a second pass without defaults: what was given on the command line
-        action.default = argparse.SUPPRESS
-    args.given = set(vars(parser.parse_args(argv)))
+    given = vars(build_parser().parse_args(argv))
     try:
-        return train(args)
+        tc, state = resolve(given)
+        return train(tc, state)
     except ConvertError as exc:
         print(f"python -m convert.train: error: {exc}", file=sys.stderr)
         return 2
 
 
-def train(args) -> int:
-    out = Path(args.out)
-    state_path = out / "state.json"
-    resumed = None
-    if args.resume:
-        if not state_path.exists():
-            raise ConvertError(f"--resume: {state_path} not found")
-        resumed = json.loads(state_path.read_text())
-        stored = resumed["config"]
-        # the run's recipe goes on: what the command line does not give comes from state.json
-        for key, value in stored.items():
-            if key not in getattr(args, "given", ()) and key not in ("out", "resume", "max_hours"):
-                setattr(args, key, value)
-        if stored.get("family", "dtln") != args.family:
-            raise ConvertError(f"--resume: {out} trains a {stored.get('family', 'dtln')} model, "
-                               f"not --family {args.family}")
-        if stored.get("spectral", 0.0) != args.spectral:
-            raise ConvertError(f"--resume: {out} was trained with --spectral {stored.get('spectral', 0.0)}; "
-                               "its best dev loss only compares under the same loss")
-        if stored.get("speech_highpass", 0.0) != args.speech_highpass:
-            raise ConvertError(f"--resume: {out} was trained with --speech-highpass "
-                               f"{stored.get('speech_highpass', 0.0)}; its dev mixes only compare under the same")
-    if args.speech_highpass < 0:
-        raise ConvertError(f"--speech-highpass {args.speech_highpass}: a cutoff in Hz, 0 or more")
-    if not 0 <= args.babble <= 1:
-        raise ConvertError(f"--babble {args.babble}: a share of mixes, from 0 to 1")
-    if args.noise_eq < 0:
-        raise ConvertError(f"--noise-eq {args.noise_eq}: a gain range in dB, 0 or more")
-    if not 0 <= args.speed < 0.5:
-        raise ConvertError(f"--speed {args.speed}: a relative range from 0 to 0.5")
-    if args.snr[0] > args.snr[1]:
-        raise ConvertError(f"--snr {args.snr[0]:g} {args.snr[1]:g}: LOW above HIGH")
-    config = {k: v for k, v in vars(args).items() if k != "given"}
+def train(tc: TrainConfig, state: dict | None = None) -> int:
+    """Train as ``tc`` says; ``state`` (from ``state.json``) resumes the run in ``tc.out``."""
     from .quiet import import_tensorflow
 
     tf = import_tensorflow()
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_intra_op_parallelism_threads(tc.threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:  # TensorFlow already running in this process (tests): keep its setting
         pass
-    import keras
-
-    from .dtln import DTLNConfig, DTLNWeights, build_training_model, get_model_weights, load_weights, save_weights
-
+    out = Path(tc.out)
+    fam = family(tc.family)
+    last = out / "last.h5" if state is not None and (out / "last.h5").exists() else None
+    arch, init = fam.train_architecture(tc, last)  # the run's own architecture on resume, not its --init's
+    if arch.sample_rate != RATE:
+        raise ConvertError(f"the training data is mixed at {RATE} Hz; this {fam.name} model runs at "
+                           f"{arch.sample_rate} Hz")
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out / "log.jsonl")
-    root = Path(args.data) if args.data else shared_data()
+    speech, noise, dev = _data(tc, log)
+    select = load_pairs(tc.dev_dir, arch.block_len, arch.block_shift) if tc.dev_dir else None
+    run = Run(tc, fam, arch, init, state, log)
+    mixer = Mixer(speech, noise, MixConfig(segment=run.seg, speech_highpass_hz=tc.speech_highpass,
+                                           babble_prob=tc.babble, noise_eq_db=tc.noise_eq, speed=tc.speed,
+                                           snr_db=tuple(tc.snr)), seed=tc.seed)
+    run.fit(mixer, dev, select)
+    return 0
+
+
+def _data(tc: TrainConfig, log: Log) -> tuple[list[np.ndarray], list[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(training speech, training noise, fixed dev mixes (noisy, clean)); the held-out noise classes left out."""
+    root = Path(tc.data) if tc.data else shared_data()
     sp_files, no_files = corpus(root, "train") if root.is_dir() else ([], [])
-    sp_files += find_audio(args.speech)
-    no_files, heldout = without_heldout(no_files + find_audio(args.noise))
+    sp_files += find_audio(tc.speech)
+    no_files, heldout = without_heldout(no_files + find_audio(tc.noise))
     if not sp_files:
         raise ConvertError(f"no training speech under {root}/speech/train or --speech")
     t0 = time.time()
@@ -231,145 +139,165 @@ def train(args) -> int:
         noise_files=len(no_files), noise_minutes=round(sum(map(len, noise)) / RATE / 60, 1),
         heldout_noise_files_dropped=heldout,
         load_seconds=round(time.time() - t0, 1))
-    dev = dev_set(root, count=args.dev_count, speech_highpass_hz=args.speech_highpass)
+    dev = dev_set(root, count=tc.dev_count, speech_highpass_hz=tc.speech_highpass)
     if dev is None:
         raise ConvertError(f"no dev speech under {root}/speech/dev: the dev set drives LR decay and early stopping")
-    select = load_pairs(args.dev_dir) if args.dev_dir else None
+    return speech, noise, dev
 
-    if args.family == "poconet":
-        from . import poconet
 
-        cfg, init = _poconet_config(args, out)
-        seg = _segment_samples(args.segment)
-        keras.utils.set_random_seed(args.seed)
-        model = poconet.build_training_model(cfg, init)
-        get_model_weights, save_weights = poconet.get_model_weights, poconet.save_weights
-        load_weights, set_model_weights = poconet.load_weights, poconet.set_model_weights
-    else:
-        from dataclasses import replace
+class Run:
+    """One training run: the model, its optimiser and ``state`` (what ``state.json`` holds), epoch by epoch."""
 
-        from .dtln import set_model_weights
+    def __init__(self, tc: TrainConfig, fam: Family, arch, init, state: dict | None, log: Log):
+        import keras
 
-        if resumed and (out / "last.h5").exists():  # the architecture of the run itself, not of its --init
-            init, cfg = None, load_weights(str(out / "last.h5")).config
-        else:
-            init = load_weights(args.init) if args.init else None
-            cfg = init.config if init else DTLNConfig(units=args.units, norm_mag=not args.plain)
-        if args.qat:
-            cfg = replace(cfg, qat=True, gate_clip=args.gate_clip, cell_clip=args.cell_clip)
-        seg = _segment_samples(args.segment)
-        keras.utils.set_random_seed(args.seed)
-        model = build_training_model(cfg, DTLNWeights(cfg, init.arrays) if init else None)
-    opt = keras.optimizers.Adam(learning_rate=args.lr, clipnorm=args.clipnorm)
-    opt.build(model.trainable_variables)
-    st = {"epoch": 0, "step": 0, "lr": args.lr, "best_dev": None, "bad_epochs": 0, "lr_bad_epochs": 0,
-          "seconds": 0.0, "audio_seconds": 0.0, "config": config}
-    if resumed:
-        st = resumed
-        st["config"] = config
-        w = load_weights(str(out / "last.h5"))
-        set_model_weights(model, w)
-        arrs = np.load(out / "optimizer.npz")
-        for v, k in zip(opt.variables, sorted(arrs.files, key=lambda s: int(s[1:]))):
+        self.tc, self.fam, self.arch, self.log = tc, fam, arch, log
+        self.out = Path(tc.out)
+        self.seg = segment_samples(tc.segment, arch)
+        keras.utils.set_random_seed(tc.seed)
+        self.model = fam.training_model(arch, init)
+        self.opt = keras.optimizers.Adam(learning_rate=tc.lr, clipnorm=tc.clipnorm)
+        self.opt.build(self.model.trainable_variables)
+        self.st = {"epoch": 0, "step": 0, "lr": tc.lr, "best_dev": None, "bad_epochs": 0, "lr_bad_epochs": 0,
+                   "seconds": 0.0, "audio_seconds": 0.0, "config": stored(tc)}
+        if state is not None:
+            self._restore(state)
+
+    def _restore(self, state: dict) -> None:
+        self.st = state
+        self.st["config"] = stored(self.tc)
+        self.fam.set_model_weights(self.model, self.fam.load_weights(str(self.out / "last.h5")))
+        arrs = np.load(self.out / "optimizer.npz")
+        for v, k in zip(self.opt.variables, sorted(arrs.files, key=lambda s: int(s[1:])), strict=True):
             v.assign(arrs[k])
-        if "lr" in getattr(args, "given", ()):  # --lr on a resume sets the learning rate from here on
-            st["lr"], st["lr_bad_epochs"] = args.lr, 0
-        opt.learning_rate.assign(st["lr"])
-        log(event="resume", epoch=st["epoch"], step=st["step"], lr=st["lr"], best_dev=st["best_dev"])
-    mixer = Mixer(speech, noise, MixConfig(segment=seg, speech_highpass_hz=args.speech_highpass,
-                                           babble_prob=args.babble, noise_eq_db=args.noise_eq, speed=args.speed,
-                                           snr_db=tuple(args.snr)), seed=args.seed)
+        self.opt.learning_rate.assign(self.st["lr"])
+        self.log(event="resume", epoch=self.st["epoch"], step=self.st["step"], lr=self.st["lr"],
+                 best_dev=self.st["best_dev"])
 
-    def batches():
-        step = st["step"]
-        while True:
-            yield mixer.batch(step * args.batch, args.batch)
-            step += 1
+    def _steps(self):
+        """(train_step, dev_step) as tf.functions of this run's model and optimiser."""
+        import tensorflow as tf
 
-    ds = tf.data.Dataset.from_generator(
-        batches, output_signature=(tf.TensorSpec((args.batch, seg), tf.float32),
-                                   tf.TensorSpec((args.batch, seg), tf.float32))).prefetch(2)
+        model, opt, spectral = self.model, self.opt, self.tc.spectral
+        framing = (self.arch.block_len, self.arch.block_shift)
 
-    @tf.function(reduce_retracing=True)
-    def train_step(noisy, clean):
-        with tf.GradientTape() as tape:
-            est = model(noisy, training=True)
-            loss = si_sdr_loss(clean, est)
-            if args.spectral:
-                loss += args.spectral * spectral_loss(clean, est)
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply(grads, model.trainable_variables)
-        return loss
+        @tf.function(reduce_retracing=True)
+        def train_step(noisy, clean):
+            with tf.GradientTape() as tape:
+                est = model(noisy, training=True)
+                loss = si_sdr_loss(clean, est)
+                if spectral:
+                    loss += spectral * spectral_loss(clean, est, *framing)
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply(grads, model.trainable_variables)
+            return loss
 
-    @tf.function(reduce_retracing=True)
-    def dev_step(noisy, clean):
-        est = model(noisy, training=False)
-        return si_sdr_loss(clean, est), spectral_loss(clean, est)
+        @tf.function(reduce_retracing=True)
+        def dev_step(noisy, clean):
+            est = model(noisy, training=False)
+            return si_sdr_loss(clean, est), spectral_loss(clean, est, *framing)
 
-    def dev_score(pairs=dev) -> tuple[float, float]:
-        """(negative SI-SDR, spectral loss) over a dev set, batches of 32 weighted by their size."""
-        losses = np.array([[float(v) * len(pairs[0][i:i + 32]) for v in dev_step(pairs[0][i:i + 32],
-                                                                                pairs[1][i:i + 32])]
-                           for i in range(0, len(pairs[0]), 32)])
-        return float(losses[:, 0].sum() / len(pairs[0])), float(losses[:, 1].sum() / len(pairs[0]))
+        return train_step, dev_step
 
-    stop_at = time.time() + args.max_hours * 3600 if args.max_hours else None
-    it = iter(ds)
-    while st["epoch"] < args.epochs:
-        te = time.time()
+    def _batches(self, mixer: Mixer):
+        import tensorflow as tf
+
+        tc, seg = self.tc, self.seg
+
+        def batches():
+            step = self.st["step"]
+            while True:
+                yield mixer.batch(step * tc.batch, tc.batch)
+                step += 1
+
+        return iter(tf.data.Dataset.from_generator(
+            batches, output_signature=(tf.TensorSpec((tc.batch, seg), tf.float32),
+                                       tf.TensorSpec((tc.batch, seg), tf.float32))).prefetch(2))
+
+    def fit(self, mixer: Mixer, dev: tuple[np.ndarray, np.ndarray], select: tuple[np.ndarray, np.ndarray] | None,
+            ) -> None:
+        """Epochs until ``tc.epochs``, early stopping or ``tc.max_hours``; checkpoints chosen on ``select``
+        when given (the fixed ``dev`` mixes are scored and logged either way)."""
+        tc, st = self.tc, self.st
+        train_step, dev_step = self._steps()
+
+        def dev_score(pairs) -> tuple[float, float]:
+            """(negative SI-SDR, spectral loss) over a dev set, batches of 32 weighted by their size."""
+            losses = np.array([[float(v) * len(pairs[0][i:i + 32]) for v in dev_step(pairs[0][i:i + 32],
+                                                                                    pairs[1][i:i + 32])]
+                               for i in range(0, len(pairs[0]), 32)])
+            return float(losses[:, 0].sum() / len(pairs[0])), float(losses[:, 1].sum() / len(pairs[0]))
+
+        stop_at = time.time() + tc.max_hours * 3600 if tc.max_hours else None
+        it = self._batches(mixer)
+        while st["epoch"] < tc.epochs:
+            te = time.time()
+            losses = self._train_epoch(it, train_step, te)
+            d_si, d_spec = dev_score(dev)
+            d = d_si + tc.spectral * d_spec
+            extra = {}
+            if select is not None:  # checkpoints are chosen on the generalisation set
+                g_si, g_spec = dev_score(select)
+                extra = {"fixed_dev_loss": round(d, 3), "sel_si_sdr": round(-g_si, 3),
+                         "sel_spectral_snr": round(-g_spec, 3)}
+                d = g_si + tc.spectral * g_spec
+            elapsed = self._end_epoch(d, time.time() - te)
+            self.log(event="epoch", epoch=st["epoch"], step=st["step"], train_loss=round(float(np.mean(losses)), 3),
+                     dev_si_sdr=round(-d_si, 3), dev_spectral_snr=round(-d_spec, 3),
+                     **({"dev_loss": round(d, 3), "best_dev_loss": round(st["best_dev"], 3)} if tc.spectral
+                        else {"best_dev_si_sdr": round(-st["best_dev"], 3)}), lr=st["lr"], **extra,
+                     audio_hours=round(st["audio_seconds"] / 3600, 2),
+                     audio_per_s=round(self._epoch_audio_seconds() / elapsed, 1),
+                     wall_hours=round(st["seconds"] / 3600, 3))
+            (self.out / "state.json").write_text(json.dumps(st, indent=1))
+            if st["bad_epochs"] >= tc.patience:
+                self.log(event="early_stop", epoch=st["epoch"])
+                break
+            if stop_at and time.time() > stop_at:
+                self.log(event="time_limit", epoch=st["epoch"])
+                break
+        self.log(event="done", epochs=st["epoch"], **({"best_dev_loss": round(st["best_dev"], 3)} if tc.spectral
+                                                       else {"best_dev_si_sdr": round(-st["best_dev"], 3)}))
+
+    def _epoch_audio_seconds(self) -> float:
+        return self.tc.steps_per_epoch * self.tc.batch * self.seg / self.arch.sample_rate
+
+    def _train_epoch(self, it, train_step, te: float) -> list[float]:
+        tc, st = self.tc, self.st
         losses = []
-        for k in range(args.steps_per_epoch):
+        for k in range(tc.steps_per_epoch):
             noisy, clean = next(it)
             losses.append(float(train_step(noisy, clean)))
             st["step"] += 1
             if (k + 1) % 50 == 0:
-                rate = (k + 1) * args.batch * seg / RATE / (time.time() - te)
-                print(f"epoch {st['epoch'] + 1} step {k + 1}/{args.steps_per_epoch} loss {np.mean(losses[-50:]):.2f}"
+                rate = (k + 1) * tc.batch * self.seg / self.arch.sample_rate / (time.time() - te)
+                print(f"epoch {st['epoch'] + 1} step {k + 1}/{tc.steps_per_epoch} loss {np.mean(losses[-50:]):.2f}"
                       f" ({rate:.0f} s audio/s)", file=sys.stderr, flush=True)
-        d_si, d_spec = dev_score()
-        d = d_si + args.spectral * d_spec
-        extra = {}
-        if select is not None:  # checkpoints are chosen on the generalisation set
-            g_si, g_spec = dev_score(select)
-            extra = {"fixed_dev_loss": round(d, 3), "sel_si_sdr": round(-g_si, 3), "sel_spectral_snr": round(-g_spec, 3)}
-            d = g_si + args.spectral * g_spec
+        return losses
+
+    def _end_epoch(self, d: float, elapsed: float) -> float:
+        """Count the epoch, save last (and best) weights and the optimiser, decay the LR; returns ``elapsed``."""
+        tc, st = self.tc, self.st
         st["epoch"] += 1
-        elapsed = time.time() - te
         st["seconds"] += elapsed
         # counted per epoch: a resumed run may change the batch or segment
-        st["audio_seconds"] = st.get("audio_seconds", (st["step"] - args.steps_per_epoch) * args.batch * seg / RATE) \
-            + args.steps_per_epoch * args.batch * seg / RATE
+        st["audio_seconds"] = st.get("audio_seconds", (st["step"] - tc.steps_per_epoch) * tc.batch * self.seg
+                                     / self.arch.sample_rate) + self._epoch_audio_seconds()
         improved = st["best_dev"] is None or d < st["best_dev"] - 0.01
-        weights = get_model_weights(model, cfg)
-        save_weights(weights, str(out / "last.h5"))
-        np.savez(out / "optimizer.npz", **{f"v{i}": v.numpy() for i, v in enumerate(opt.variables)})
+        weights = self.fam.get_model_weights(self.model, self.arch)
+        self.fam.save_weights(weights, str(self.out / "last.h5"))
+        np.savez(self.out / "optimizer.npz", **{f"v{i}": v.numpy() for i, v in enumerate(self.opt.variables)})
         if improved:
             st["best_dev"], st["bad_epochs"], st["lr_bad_epochs"] = d, 0, 0
-            save_weights(weights, str(out / "best.h5"))
+            self.fam.save_weights(weights, str(self.out / "best.h5"))
         else:
             st["bad_epochs"] += 1
             st["lr_bad_epochs"] += 1
-            if st["lr_bad_epochs"] >= args.lr_patience and st["lr"] > args.min_lr:
-                st["lr"] = max(st["lr"] / 2, args.min_lr)
+            if st["lr_bad_epochs"] >= tc.lr_patience and st["lr"] > tc.min_lr:
+                st["lr"] = max(st["lr"] / 2, tc.min_lr)
                 st["lr_bad_epochs"] = 0
-                opt.learning_rate.assign(st["lr"])
-        log(event="epoch", epoch=st["epoch"], step=st["step"], train_loss=round(float(np.mean(losses)), 3),
-            dev_si_sdr=round(-d_si, 3), dev_spectral_snr=round(-d_spec, 3),
-            **({"dev_loss": round(d, 3), "best_dev_loss": round(st["best_dev"], 3)} if args.spectral
-               else {"best_dev_si_sdr": round(-st["best_dev"], 3)}), lr=st["lr"], **extra,
-            audio_hours=round(st["audio_seconds"] / 3600, 2),
-            audio_per_s=round(args.steps_per_epoch * args.batch * seg / RATE / elapsed, 1),
-            wall_hours=round(st["seconds"] / 3600, 3))
-        state_path.write_text(json.dumps(st, indent=1))
-        if st["bad_epochs"] >= args.patience:
-            log(event="early_stop", epoch=st["epoch"])
-            break
-        if stop_at and time.time() > stop_at:
-            log(event="time_limit", epoch=st["epoch"])
-            break
-    log(event="done", epochs=st["epoch"], **({"best_dev_loss": round(st["best_dev"], 3)} if args.spectral
-                                             else {"best_dev_si_sdr": round(-st["best_dev"], 3)}))
-    return 0
+                self.opt.learning_rate.assign(st["lr"])
+        return elapsed
 
 
 if __name__ == "__main__":

@@ -215,7 +215,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         family_options=MappingProxyType(dict(m.get("family_options", {}))),
         submodels=tuple(subs), manifest=MappingProxyType(m), sha256=sha256_bytes(raw),
         arrays=MappingProxyType(arrays))
-    from .families import family_class  # noqa: PLC0415 (families import bundle)
+    from .families import family_class  # families import bundle
 
     family_class(bundle)  # unknown family -> BundleError
     check_runtime(bundle)
@@ -254,7 +254,7 @@ def check_runtime(bundle: Bundle) -> None:
     needs = bundle.manifest.get("runtimes")
     if not needs:
         return
-    from .interpreter import interpreter_package  # noqa: PLC0415 (lazy: no interpreter import at edge import)
+    from .interpreter import interpreter_package  # lazy: no interpreter import at edge import
 
     pkg = interpreter_package()
     if not runtime_listed(list(needs), pkg.name, pkg.version):
@@ -265,14 +265,14 @@ def check_runtime(bundle: Bundle) -> None:
 
 def check_interpreter(bundle: Bundle, sm: SubmodelSpec, interp: Any = None) -> dict[str, int]:
     """Match every manifest tensor against the interpreter; return name -> tensor index."""
-    from .interpreter import make_interpreter  # noqa: PLC0415 (lazy: no interpreter import at edge import)
+    from .interpreter import make_interpreter  # lazy: no interpreter import at edge import
 
     fpath = os.path.join(bundle.path, sm.file)
     if interp is None:
         try:
             interp = make_interpreter(sm.content)
         except (ValueError, RuntimeError) as exc:
-            from .interpreter import interpreter_package  # noqa: PLC0415
+            from .interpreter import interpreter_package
 
             pkg = interpreter_package()
             needs = bundle.manifest.get("runtimes")

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from .audio import float_to_pcm16, pcm16_to_float  # noqa: F401 (re-exported for clients)
+from .audio import float_to_pcm16, pcm16_to_float  # also re-exported for clients
 from .bundle import Bundle, load_bundle
 from .errors import EdgeError
 from .options import Options

@@ -34,7 +34,7 @@ def scores(clean: np.ndarray, est: np.ndarray) -> dict[str, float]:
         raise EdgeError("eval needs pesq and pystoi: pip install 'edge-denoise[eval]'") from None
     try:
         p = float(pesq(RATE, clean, est, "wb"))
-    except Exception as exc:  # noqa: BLE001 (pesq raises its own types, e.g. NoUtterancesError)
+    except Exception as exc:  # pesq raises its own types, e.g. NoUtterancesError
         raise AudioError(f"PESQ failed ({exc.__class__.__name__}: {exc})") from None
     return {"pesq_wb": p, "stoi": float(stoi(clean, est, RATE, extended=False)), "si_sdr": si_sdr(clean, est)}
 

@@ -29,7 +29,7 @@ class LiveError(EdgeError):
 def import_sounddevice():
     """sounddevice, imported on first use so that ``import edge`` and the CLI work without PortAudio."""
     try:
-        import sounddevice  # noqa: PLC0415
+        import sounddevice
     except ImportError as exc:
         raise LiveError(f"live audio needs sounddevice: pip install 'edge-denoise[live]' ({exc})") from None
     except OSError as exc:  # sounddevice raises OSError when the PortAudio library itself is missing
@@ -313,7 +313,7 @@ class Supervisor:
             while not self._done():
                 try:
                     stream = self.open_stream(self.p)
-                except Exception as exc:  # noqa: BLE001 (PortAudioError, OSError, ValueError: all mean "retry")
+                except Exception as exc:  # PortAudioError, OSError, ValueError: all mean "retry"
                     st.device_errors += 1
                     log.error("cannot open the audio device (%s); retrying in %.1f s", exc, delay)
                     self.stop.wait(delay)
@@ -368,7 +368,7 @@ def _close_stream(stream: Any) -> None:
     for method in ("abort", "close"):
         try:
             getattr(stream, method)()
-        except Exception as exc:  # noqa: BLE001 (a vanished device fails to close in PortAudio-specific ways)
+        except Exception as exc:  # a vanished device fails to close in PortAudio-specific ways
             log.debug("closing the stream: %s", exc)
 
 
@@ -426,7 +426,7 @@ def run(args) -> int:
     blocksize = args.blocksize or bundle.block_shift
     recording = None
     if args.record_input:
-        import soundfile as sf  # noqa: PLC0415
+        import soundfile as sf
 
         recording = sf.SoundFile(args.record_input, "w", samplerate=bundle.sample_rate, channels=1, subtype="FLOAT")
     pipeline = LivePipeline(bundle, options, blocksize, args.channels,

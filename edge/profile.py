@@ -80,7 +80,7 @@ def temperatures() -> dict[str, float]:
 
 def device_facts(options: Options | None = None, label: str | None = None) -> dict[str, Any]:
     """Facts that decide block timings on this machine; None where the OS does not show one."""
-    from .interpreter import interpreter_package  # noqa: PLC0415 (no interpreter import at edge import)
+    from .interpreter import interpreter_package  # no interpreter import at edge import
 
     info = _cpuinfo()
     board = info.get("Model") or _read("/proc/device-tree/model")
@@ -161,7 +161,7 @@ class TimedDenoiser(StreamingDenoiser):
     """
 
     def __init__(self, bundle: Bundle, options: Options):
-        from .submodel import TFLiteSubmodel  # noqa: PLC0415
+        from .submodel import TFLiteSubmodel
 
         self.timed = {sm.name: Timed(TFLiteSubmodel(bundle, sm, options)) for sm in bundle.submodels}
         super().__init__(bundle, options, self.timed)
@@ -203,7 +203,7 @@ def stats_ms(ns: np.ndarray) -> dict[str, float]:
     """mean, p50, p95, p99, max of per-block nanoseconds, in milliseconds."""
     ms = np.asarray(ns, np.float64) / 1e6
     p50, p95, p99 = np.percentile(ms, (50, 95, 99))
-    return {k: round(float(v), 6) for k, v in zip(STAT_KEYS, (ms.mean(), p50, p95, p99, ms.max()))}
+    return {k: round(float(v), 6) for k, v in zip(STAT_KEYS, (ms.mean(), p50, p95, p99, ms.max()), strict=True)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def load_audio(path: str | None, noise: bool) -> tuple[np.ndarray, int, dict[str
     """(mono float32, sample rate, description) of the audio to feed."""
     if noise:
         return np.zeros(0, np.float32), 0, {"kind": "noise", "detail": "white noise, rms 0.1, seed 0"}
-    from .audio import read_audio  # noqa: PLC0415
+    from .audio import read_audio
 
     if path is None and not DEFAULT_AUDIO.is_file():
         print(f"edge-denoise profile: note: {DEFAULT_AUDIO} not found; feeding generated noise", file=sys.stderr)
@@ -228,7 +228,7 @@ def _feed(audio: np.ndarray, sr: int, rate: int, n: int) -> np.ndarray:
     """``n`` samples at ``rate``: the audio resampled and looped, or white noise when there is none."""
     if sr == 0:
         return (0.1 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
-    from .audio import resample  # noqa: PLC0415
+    from .audio import resample
 
     x = resample(audio, sr, rate)
     if not np.any(x):
@@ -437,10 +437,10 @@ def render_markdown(profiles: Sequence[dict[str, Any]]) -> str:
 
 def render_png(profiles: Sequence[dict[str, Any]], path: str) -> None:
     """Bar chart of p50 and p99 ms per block for each device x bundle (needs matplotlib)."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     rows = report_rows(profiles)
     labels = [f"{r['device']}\n{r['bundle']} ({r['quantization']})" for r in rows]
@@ -534,7 +534,7 @@ def run(args) -> int:
             raise EdgeError("--report renders saved profiles; it does not take --model (run them separately)")
         if args.png:
             try:
-                import matplotlib  # noqa: F401, PLC0415
+                import matplotlib  # noqa: F401 (imported only to learn whether it is installed)
             except ImportError:
                 raise EdgeError("--png needs matplotlib: pip install 'edge-denoise[plot]' "
                                 "(the markdown table needs nothing)") from None
@@ -556,7 +556,7 @@ def run(args) -> int:
     if args.model:
         models = args.model
     else:
-        from .cmd_denoise import default_model  # noqa: PLC0415
+        from .cmd_denoise import default_model
 
         models = [default_model()]
     options = Options(num_threads=args.threads, xnnpack=args.xnnpack)

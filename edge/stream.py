@@ -13,7 +13,7 @@ from .families import Runner, family_class
 from .options import Options
 
 
-def _windows(kind: str, block_len: int, block_shift: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+def windows(kind: str, block_len: int, block_shift: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(analysis, synthesis) windows; None means rectangular (no multiply)."""
     if kind == "none":
         return None, None
@@ -64,13 +64,13 @@ class StreamingDenoiser:
         self._bundle = bundle
         self._options = options or Options()
         if runners is None:
-            from .submodel import TFLiteSubmodel  # noqa: PLC0415 (interpreter imported on first stream)
+            from .submodel import TFLiteSubmodel  # the interpreter is imported on the first stream
 
             runners = {sm.name: TFLiteSubmodel(bundle, sm, self._options) for sm in bundle.submodels}
         self._family = family_class(bundle)(bundle, dict(runners), self._irfft)
         n, s = bundle.block_len, bundle.block_shift
         self._n, self._s = n, s
-        self._ana, self._syn = _windows(bundle.window, n, s)
+        self._ana, self._syn = windows(bundle.window, n, s)
         self._inbuf = np.zeros(n)
         self._outbuf = np.zeros(n)
         self._fill = 0

@@ -26,6 +26,14 @@ def _quantizer(spec: TensorSpec):
     return quant, dequant
 
 
+def _requantizer(quant, dequant):
+    """A state output's dtype -> the matching input's dtype, through float."""
+    def requantize(a):
+        return quant(dequant(a))
+
+    return requantize
+
+
 class TFLiteSubmodel:
     """Drives one ``.tflite`` submodel block by block; states stay inside.
 
@@ -49,7 +57,7 @@ class TFLiteSubmodel:
             if not same:
                 q, _ = _quantizer(tin)
                 _, dq = _quantizer(tout)
-                conv = (lambda a, q=q, dq=dq: q(dq(a)))
+                conv = _requantizer(q, dq)
             self._pairs.append((index[s_in], index[s_out], conv))
         self._zeros = [self._zero_state(spec.input(s_in)) for s_in, _ in spec.states]
         self._states: list[np.ndarray] = []

@@ -23,7 +23,7 @@ def need(path: Path, what: str) -> Path:
 
 
 def small_weights(seed: int = 0):
-    from convert.dtln import DTLNConfig, DTLNWeights
+    from convert.families.dtln import DTLNConfig, DTLNWeights
 
     return DTLNWeights.random(DTLNConfig(units=32, encoder_size=64), seed=seed)
 
@@ -36,10 +36,10 @@ def noise_audio(seconds: float = 1.0, seed: int = 0) -> np.ndarray:
 def small_bundle(tmp_path_factory) -> str:
     """A randomly initialised small DTLN converted to float32 and verified (no ../shared needed)."""
     pytest.importorskip("tensorflow", reason="the converter needs TensorFlow (pip install .[convert])")
-    from convert.build import convert_dtln
+    from convert.build import convert
 
     path = tmp_path_factory.mktemp("bundles") / "small-none"
-    convert_dtln(small_weights(), "none", str(path), verify_audio=[noise_audio()], verify_names=["noise"])
+    convert(small_weights(), "none", str(path), verify_audio=[noise_audio()], verify_names=["noise"])
     return str(path)
 
 
@@ -48,10 +48,10 @@ def bases_bundle(tmp_path_factory):
     """A float small DTLN bundle whose stage 2 bases the runtime applies (the layout full int8 bundles use);
     verified to >= 60 dB against the Keras graph (the bases are stored as float16)."""
     pytest.importorskip("tensorflow", reason="the converter needs TensorFlow (pip install .[convert])")
-    from convert.build import convert_dtln
-    from convert.dtln import StreamOptions
+    from convert.build import convert
+    from convert.families.dtln import StreamOptions
 
     path = tmp_path_factory.mktemp("bases") / "b"
-    convert_dtln(small_weights(), "none", str(path), verify_audio=[noise_audio()], verify_names=["noise"],
+    convert(small_weights(), "none", str(path), verify_audio=[noise_audio()], verify_names=["noise"],
                  tolerance_db=60.0, opts=StreamOptions(frame_rms_norm=True, bases_outside=True))
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -38,7 +39,7 @@ def _edit(folder, fn):
 def test_loads_and_is_immutable(small_bundle):
     b = edge.load_bundle(small_bundle)
     assert b.family == "dtln" and len(b.sha256) == 64
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         b.sample_rate = 8000
     with pytest.raises(TypeError):
         b.manifest["family"] = "x"
@@ -83,7 +84,8 @@ def test_renamed_tensor(copy):
 
 def test_wrong_shape(copy):
     _edit(copy, lambda m: m["submodels"][1]["inputs"][1].update(shape=[1, 2, 32, 3]))
-    with pytest.raises(BundleError, match=r"frame\.tflite: tensor 'frame_state' is float32\[1, 2, 32, 2\] in the model"):
+    with pytest.raises(BundleError,
+                       match=r"frame\.tflite: tensor 'frame_state' is float32\[1, 2, 32, 2\] in the model"):
         edge.load_bundle(copy)
     _edit(copy, lambda m: m["submodels"][1]["inputs"][0].update(shape=[1, 1, 256]))
     with pytest.raises(BundleError, match=r"frame\.tflite: frame has shape \[1, 1, 256\], dtln with block_len 512"):

@@ -17,10 +17,10 @@ from .conftest import EXAMPLE, noise_audio, small_weights
 
 pytest.importorskip("tensorflow", reason="the converter needs TensorFlow")
 
-from convert.__main__ import main  # noqa: E402
-from convert.build import convert_dtln  # noqa: E402
-from convert.dtln import load_weights, save_weights  # noqa: E402
-from convert.errors import VerificationError  # noqa: E402
+from convert.__main__ import main
+from convert.build import convert
+from convert.errors import VerificationError
+from convert.families.dtln import load_weights, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_unwritable_output(small_h5, tmp_path, capsys):
 
 def test_failed_verification_leaves_nothing(tmp_path):
     with pytest.raises(VerificationError, match="misses its tolerance"):
-        convert_dtln(small_weights(), "dynamic", str(tmp_path / "b"), verify_audio=[noise_audio()],
+        convert(small_weights(), "dynamic", str(tmp_path / "b"), verify_audio=[noise_audio()],
                      verify_names=["noise"], tolerance_db=500.0)
     assert list(tmp_path.iterdir()) == []
 
@@ -121,7 +121,7 @@ def test_failed_verification_leaves_nothing(tmp_path):
 def test_int8_of_an_unprepared_model_is_refused_with_alternatives(tmp_path, capsys):
     # LSTM weights x10: gate pre-activations in the hundreds, like the published model's (a small random
     # model as it comes now quantises well enough to pass)
-    from convert.dtln import DTLNWeights
+    from convert.families.dtln import DTLNWeights
 
     w = small_weights(seed=7)
     arrays = {k: [a * 10 for a in v] if k.startswith("lstm") else v for k, v in w.arrays.items()}
@@ -139,7 +139,7 @@ def test_int8_of_an_unprepared_model_is_refused_with_alternatives(tmp_path, caps
 def test_int8_bundle_carries_int8_through_fully_connected(tmp_path):
     """'int8' must never silently mean dynamic range: every FULLY_CONNECTED of both submodels runs on int8."""
     from convert.export import to_tflite
-    from convert.dtln import build_streaming_models, stream_options_for
+    from convert.families.dtln import build_streaming_models, stream_options_for
     from edge.interpreter import make_interpreter
 
     w = small_weights(seed=3)
@@ -147,10 +147,10 @@ def test_int8_bundle_carries_int8_through_fully_connected(tmp_path):
     for model, io in build_streaming_models(w, stream_options_for("int8", w.config)):
         calib = [{n: (rng.random(s) * (3 if n == "mag" else 1)).astype(np.float32) for n, s in io.inputs}
                  for _ in range(20)]
-        content = to_tflite(model, io.inputs, "int8", lambda: iter(calib))
+        content = to_tflite(model, io.inputs, "int8", lambda calib=calib: iter(calib))
         it = make_interpreter(content)
         details = {d["index"]: d for d in it.get_tensor_details()}
-        fcs = [op for op in it._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]  # noqa: SLF001
+        fcs = [op for op in it._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
         assert len(fcs) >= 4, io.name  # two LSTMs' input and recurrent matmuls at least
         for op in fcs:
             for t in list(op["inputs"][:2]) + list(op["outputs"]):
@@ -159,7 +159,7 @@ def test_int8_bundle_carries_int8_through_fully_connected(tmp_path):
 
 def test_int8_applies_stage2_bases_in_the_runtime(tmp_path):
     """Full int8 keeps stage 2's encoder/decoder out of the graph: the bundle carries them as arrays."""
-    b = convert_dtln(small_weights(seed=3), "int8", str(tmp_path / "b"), verify_audio=[noise_audio()],
+    b = convert(small_weights(seed=3), "int8", str(tmp_path / "b"), verify_audio=[noise_audio()],
                      verify_names=["noise"], tolerance_db=-100.0)  # a random model: only the layout is checked
     assert b.family_options["stage2_bases"] == "runtime"
     assert b.arrays["encoder"].shape == (512, 64) and b.arrays["decoder"].shape == (64, 512)
@@ -182,7 +182,7 @@ def test_weights_round_trip(tmp_path):
     back = load_weights(str(tmp_path / "w.h5"))
     assert back.config == w.config
     for k, ws in w.arrays.items():
-        for a, b in zip(ws, back.arrays[k]):
+        for a, b in zip(ws, back.arrays[k], strict=True):
             np.testing.assert_array_equal(a, b)
 
 
@@ -198,7 +198,7 @@ def test_quiet_conversion_prints_only_the_bundle_path(small_h5, tmp_path):
 
 
 def test_dtln_budget_counts_the_model(small_bundle):
-    from convert.dtln import DTLNConfig, budget, build_training_model
+    from convert.families.dtln import DTLNConfig, budget, build_training_model
 
     cfg = DTLNConfig(norm_mag=True)
     fig = budget(cfg)

@@ -124,7 +124,7 @@ def test_16_concurrent_clients_each_get_the_offline_output(serve, small_bundle):
         try:
             with srv.client() as c:
                 results[k] = stream(c, inputs[k], chunks[k])
-        except Exception as exc:  # noqa: BLE001 (reported by the main thread)
+        except Exception as exc:  # reported by the main thread
             results[k] = exc
 
     threads = [threading.Thread(target=run, args=(k,)) for k in range(16)]
@@ -239,7 +239,7 @@ def test_bad_clients_are_dropped_while_others_are_served(serve, small_bundle):
                     out.append(c.send(good_in[i:i + 2048]))
                     time.sleep(0.02)  # a paced stream (~4 s) that overlaps every misbehaving client below
                 good["out"] = b"".join(out) + c.stop()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             good["out"] = exc
 
     t = threading.Thread(target=good_client)
@@ -399,10 +399,10 @@ def test_sigterm_answers_in_flight_chunks_and_exits_0(serve, small_bundle):
 
 def test_sighup_reloads_new_streams_only_and_survives_a_bad_bundle(serve, small_bundle, tmp_path):
     pytest.importorskip("tensorflow", reason="the converter needs TensorFlow")
-    from convert.build import convert_dtln
+    from convert.build import convert
 
     other = tmp_path / "other"
-    convert_dtln(small_weights(seed=1), "none", str(other), verify_audio=[noise_audio()], verify_names=["noise"])
+    convert(small_weights(seed=1), "none", str(other), verify_audio=[noise_audio()], verify_names=["noise"])
     model = tmp_path / "model"
     shutil.copytree(small_bundle, model)
     old_sha, new_sha = edge.load_bundle(small_bundle).sha256, edge.load_bundle(str(other)).sha256
@@ -527,7 +527,7 @@ def test_live_pipeline_with_a_fake_stream_is_exact(small_bundle):
         p = LivePipeline(bundle, edge.Options(), blocksize)
         streams = []
 
-        def opener(pipe, x=x, blocksize=blocksize):
+        def opener(pipe, x=x, blocksize=blocksize, streams=streams):
             streams.append(FakeStream(pipe, x, blocksize))
             return streams[-1]
 

@@ -13,9 +13,8 @@ tf = pytest.importorskip("tensorflow", reason="the TensorFlow reference framing 
 def test_edge_stream_equals_offline_keras_model():
     """Same weights: the whole-utterance Keras model (tf.signal framing, sequence LSTMs) and the edge
     block loop driving the per-step Keras submodels agree to 1e-5."""
-    from convert.build import stub_bundle
-    from convert.dtln import DTLNConfig, DTLNWeights, build_streaming_models, build_training_model
-    from convert.verify import keras_denoiser, run_stream
+    from convert.families.dtln import DTLNConfig, DTLNWeights, build_streaming_models, build_training_model
+    from convert.verify import keras_denoiser, run_stream, stub_bundle
 
     w = small_weights(seed=11)
     w = DTLNWeights(DTLNConfig(units=32, encoder_size=64, norm_mag=True),
@@ -28,7 +27,7 @@ def test_edge_stream_equals_offline_keras_model():
     padded = np.pad(x, (lat, w.config.block_len))[None, :]
     offline = np.asarray(full(padded, training=False))[0]
     pairs = build_streaming_models(w)
-    den = keras_denoiser(stub_bundle(w, [io for _, io in pairs], {}), pairs, {})
+    den = keras_denoiser(stub_bundle(w, [io for _, io in pairs], {}, family="dtln"), pairs, {})
     streamed = run_stream(den, [x])[0]
     np.testing.assert_allclose(streamed, offline[lat:lat + len(x)], atol=1e-5)
     assert np.max(np.abs(streamed)) > 1e-3
@@ -36,12 +35,12 @@ def test_edge_stream_equals_offline_keras_model():
 
 def test_numpy_frame_rfft_overlap_add_equals_tf_signal():
     """The framing primitives alone: analysis frames and overlap-add of the edge loop vs tf.signal."""
-    from edge.stream import _windows
+    from edge.stream import windows
 
     n, s = 512, 128
     x = noise_audio(0.5, seed=13).astype(np.float64)
     for window in ("none", "sqrt_hann"):
-        ana, syn = _windows(window, n, s)
+        ana, syn = windows(window, n, s)
         frames_tf = tf.signal.frame(x, n, s).numpy()
         spec_tf = tf.signal.rfft(tf.constant((frames_tf * (1 if ana is None else ana)).astype(np.float32))).numpy()
         inbuf = np.zeros(n)

@@ -18,12 +18,19 @@ from .conftest import EXAMPLE, REPO, noise_audio
 
 pytest.importorskip("tensorflow", reason="the converter needs TensorFlow")
 
-from convert.__main__ import main as convert_main  # noqa: E402
-from convert.build import convert_poconet  # noqa: E402
-from convert.errors import VerificationError, WeightsError  # noqa: E402
-from convert.export import op_names  # noqa: E402
-from convert.poconet import (PoCoNetConfig, PoCoNetWeights, budget, build_streaming_model,  # noqa: E402
-                             build_training_model, load_weights, save_weights)
+from convert.__main__ import main as convert_main
+from convert.build import convert
+from convert.errors import VerificationError, WeightsError
+from convert.export import op_names
+from convert.families.poconet import (
+    PoCoNetConfig,
+    PoCoNetWeights,
+    budget,
+    build_streaming_model,
+    build_training_model,
+    load_weights,
+    save_weights,
+)
 
 SMALL = PoCoNetConfig(channels=(4, 6, 8), gru_units=16, pos_channels=2)
 
@@ -50,7 +57,7 @@ def weights() -> PoCoNetWeights:
 @pytest.fixture(scope="module")
 def bundle(weights, tmp_path_factory) -> edge.Bundle:
     path = tmp_path_factory.mktemp("poconet") / "small-none"
-    return convert_poconet(weights, "none", str(path), verify_audio=[noise_audio(), speechlike(1.0, 5)],
+    return convert(weights, "none", str(path), verify_audio=[noise_audio(), speechlike(1.0, 5)],
                            verify_names=["noise", "speechlike"])
 
 
@@ -134,7 +141,7 @@ def test_default_model_is_within_the_edge_budget():
 
 @pytest.mark.parametrize("mode, tolerance", [("float16", 60), ("dynamic", 30), ("int16x8", 30)])
 def test_quantised_modes_pass_verification(weights, tmp_path, mode, tolerance):
-    b = convert_poconet(weights, mode, str(tmp_path / mode), verify_audio=[speechlike(1.0, 6)],
+    b = convert(weights, mode, str(tmp_path / mode), verify_audio=[speechlike(1.0, 6)],
                         verify_names=["speechlike"])
     v = b.manifest["verification"]
     assert b.quantization == mode and v["passed"] and v["snr_db"] >= tolerance
@@ -145,13 +152,15 @@ def test_quantised_modes_pass_verification(weights, tmp_path, mode, tolerance):
 def test_calibration_records_every_block_not_the_last_one_again(weights):
     # the family step fills one feature buffer in place every block: a record must copy it, or the whole
     # calibration set is the last block's features (it was, until 2026-12-01) and int8/int16x8 ranges miss
-    from convert.build import _calibration, _poconet_plan
+    from convert.families.poconet import plan as poconet_plan
+    from convert.modes import MODES
+    from convert.verify import calibration, stub_bundle
 
-    plan = _poconet_plan(weights, "int8", "")
+    plan = poconet_plan(weights, MODES["int8"], "")
     (_, io), = plan.pairs
     x = speechlike(0.5, 3)
-    recs = _calibration(weights, plan.pairs, [io], plan.family_options, [x], 1000, family=plan.family,
-                        window=plan.window)[io.name]
+    stub = stub_bundle(weights, [io], plan.family_options, family="poconet", window=plan.window)
+    recs = calibration(stub, plan.pairs, [x], 1000)[io.name]
     feats = np.stack([r[io.data_input] for r in recs])
     assert len(recs) >= len(x) // 128 and np.isfinite(feats).all()  # and the flush blocks
     distinct = {f.tobytes() for f in feats}
@@ -161,7 +170,7 @@ def test_calibration_records_every_block_not_the_last_one_again(weights):
 
 def test_int8_meets_its_tolerance_or_is_refused(weights, tmp_path):
     try:
-        b = convert_poconet(weights, "int8", str(tmp_path / "b"), verify_audio=[speechlike(1.0, 8)],
+        b = convert(weights, "int8", str(tmp_path / "b"), verify_audio=[speechlike(1.0, 8)],
                             verify_names=["speechlike"], calib_audio=[speechlike(2.0, 9), noise_audio(1.0, 9)])
     except VerificationError as exc:
         assert "float16" in str(exc) and not (tmp_path / "b").exists()
@@ -171,7 +180,7 @@ def test_int8_meets_its_tolerance_or_is_refused(weights, tmp_path):
 
         it = make_interpreter(b.submodels[0].content)
         details = {d["index"]: d for d in it.get_tensor_details()}
-        convs = [op for op in it._get_ops_details() if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]  # noqa: SLF001
+        convs = [op for op in it._get_ops_details() if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
         assert convs
         for op in convs:  # 'int8' never silently means float kernels
             for t in list(op["inputs"][:2]) + list(op["outputs"]):
@@ -190,7 +199,7 @@ def test_weights_round_trip(weights, small_h5):
     assert back.config == weights.config
     assert set(back.arrays) == set(weights.arrays)
     for k, ws in weights.arrays.items():
-        for a, b in zip(ws, back.arrays[k]):
+        for a, b in zip(ws, back.arrays[k], strict=True):
             np.testing.assert_array_equal(a, b)
 
 
@@ -220,7 +229,7 @@ def test_weights_errors_name_the_problem(small_h5, tmp_path, capsys):
     assert convert_main(["--family", "poconet", "--weights", str(bad), "--output", str(tmp_path / "o")]) == 2
     assert "enc1_conv0" in capsys.readouterr().err and not (tmp_path / "o").exists()
     dtln = tmp_path / "dtln.h5"
-    from convert.dtln import save_weights as save_dtln
+    from convert.families.dtln import save_weights as save_dtln
 
     from .conftest import small_weights as small_dtln
 

@@ -51,7 +51,7 @@ def test_profile_schema(profile_json, two_bundles):
     assert prof["device"]["cores"] >= 1 and prof["device"]["python"] and prof["device"]["interpreter_version"]
     assert prof["settings"]["audio"]["kind"] == "file"
     assert prof["command"].startswith("edge-denoise profile --model ")
-    for rec, path in zip(prof["bundles"], two_bundles):
+    for rec, path in zip(prof["bundles"], two_bundles, strict=True):
         bundle = load_bundle(path)
         assert rec["name"] == bundle.name and rec["sha256"] == bundle.sha256
         assert rec["quantization"] == "none"

@@ -80,12 +80,12 @@ def published_bundles(tmp_path_factory):
 @pytest.fixture(scope="module")
 def our_float_bundle(tmp_path_factory):
     need(REFERENCE / "model.h5", "the published DTLN model.h5")
-    from convert.build import convert_dtln
+    from convert.build import convert
     from convert.data import load_files
-    from convert.dtln import load_weights
+    from convert.families.dtln import load_weights
 
     path = tmp_path_factory.mktemp("ours") / "model-h5-none"
-    return convert_dtln(load_weights(str(REFERENCE / "model.h5")), "none", str(path),
+    return convert(load_weights(str(REFERENCE / "model.h5")), "none", str(path),
                         verify_audio=load_files([EXAMPLE]), verify_names=[EXAMPLE.name])
 
 
@@ -115,14 +115,14 @@ def test_our_float_bundle_matches_published_files_per_block(published_bundles, o
 
 def test_norm_variant_converts_and_matches_its_reference(tmp_path):
     need(REFERENCE / "DTLN_norm_500h.h5", "the published DTLN_norm_500h.h5")
-    from convert.build import convert_dtln
+    from convert.build import convert
     from convert.data import load_files
-    from convert.dtln import load_weights
+    from convert.families.dtln import load_weights
 
     w = load_weights(str(REFERENCE / "DTLN_norm_500h.h5"))
     assert w.config.norm_mag  # told apart by content
     assert not load_weights(str(REFERENCE / "model.h5")).config.norm_mag
-    b = convert_dtln(w, "none", str(tmp_path / "norm"), verify_audio=load_files([EXAMPLE]),
+    b = convert(w, "none", str(tmp_path / "norm"), verify_audio=load_files([EXAMPLE]),
                      verify_names=[EXAMPLE.name])
     v = b.manifest["verification"]
     assert v["passed"] and v["snr_db"] >= 80 and v["max_abs_error"] <= 1e-5
@@ -131,12 +131,12 @@ def test_norm_variant_converts_and_matches_its_reference(tmp_path):
 @pytest.mark.parametrize("mode, floor", [("float16", 60.0), ("dynamic", 30.0), ("int16x8", 30.0)])
 def test_quantised_modes_meet_tolerance_on_published_weights(tmp_path, mode, floor):
     need(REFERENCE / "model.h5", "the published DTLN model.h5")
-    from convert.build import convert_dtln
+    from convert.build import convert
     from convert.data import load_files
-    from convert.dtln import load_weights
+    from convert.families.dtln import load_weights
 
     audio = load_files([EXAMPLE])
-    b = convert_dtln(load_weights(str(REFERENCE / "model.h5")), mode, str(tmp_path / mode),
+    b = convert(load_weights(str(REFERENCE / "model.h5")), mode, str(tmp_path / mode),
                      verify_audio=audio, verify_names=[EXAMPLE.name], calib_audio=audio)
     v = b.manifest["verification"]
     assert v["snr_db"] >= floor and v["passed"]

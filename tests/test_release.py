@@ -12,22 +12,23 @@ pytest.importorskip("tensorflow", reason="convert needs the [convert] extra (Ten
 
 
 def test_family_is_read_from_the_file_not_its_name(tmp_path):
-    from convert import dtln, poconet
-    from convert.release import family_of
+    from convert.families import dtln, family_of_file, poconet
 
     dtln.save_weights(small_weights(), str(tmp_path / "poconet_named.h5"))
     poconet.save_weights(poconet.PoCoNetWeights.random(poconet.PoCoNetConfig(), seed=0),
                          str(tmp_path / "dtln_named.h5"))
-    assert family_of(str(tmp_path / "poconet_named.h5")) == "dtln"
-    assert family_of(str(tmp_path / "dtln_named.h5")) == "poconet"
+    assert family_of_file(str(tmp_path / "poconet_named.h5")).name == "dtln"
+    assert family_of_file(str(tmp_path / "dtln_named.h5")).name == "poconet"
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    assert family_of_file(str(tmp_path / "junk.h5")).name == "dtln"  # the default family; it fails to load, by name
 
 
 def test_pooled_snr_is_energy_pooled_over_files(small_bundle, tmp_path):
     import edge
-    from convert.build import convert_dtln
+    from convert.build import convert
     from convert.release import pooled_snr
 
-    f16 = convert_dtln(small_weights(), "float16", str(tmp_path / "f16"), verify_audio=[noise_audio()],
+    f16 = convert(small_weights(), "float16", str(tmp_path / "f16"), verify_audio=[noise_audio()],
                        verify_names=["noise"])
     f32 = edge.load_bundle(small_bundle)
     x, sr = sf.read(EXAMPLE, dtype="float32")
@@ -40,15 +41,14 @@ def test_pooled_snr_is_energy_pooled_over_files(small_bundle, tmp_path):
     ref = [edge.denoise(p, f32) for p in parts]
     out = [edge.denoise(p, f16) for p in parts]
     want = 10 * np.log10(sum(np.sum(r.astype(np.float64) ** 2) for r in ref)
-                         / sum(np.sum((o - r).astype(np.float64) ** 2) for o, r in zip(out, ref)))
+                         / sum(np.sum((o - r).astype(np.float64) ** 2) for o, r in zip(out, ref, strict=True)))
     assert set(got) == {"float16"}
     assert got["float16"] == pytest.approx(want, abs=0.06)
     assert 50 < got["float16"] < 120  # float16 weights: a real, finite error
 
 
 def test_level_fix_undoes_a_louder_inverted_decoder():
-    from convert.dtln import DTLNWeights, load_weights
-    from convert.release import leveled
+    from convert.families.dtln import DTLNWeights, leveled, load_weights
 
     from .conftest import DATA, REFERENCE, need
 

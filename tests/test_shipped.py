@@ -44,7 +44,7 @@ def test_shipped_int8_runs_int8_through_every_fully_connected(path):
     for sub in manifest["submodels"]:
         it = make_interpreter((path / sub["file"]).read_bytes())
         details = {d["index"]: d for d in it.get_tensor_details()}
-        fcs = [op for op in it._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]  # noqa: SLF001
+        fcs = [op for op in it._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
         assert fcs, sub["file"]
         for op in fcs:
             for t in list(op["inputs"][:2]) + list(op["outputs"]):

@@ -15,8 +15,8 @@ from .conftest import noise_audio
 def identity_bundle(tmp_path_factory) -> str:
     """A DTLN whose masks are 1 and whose second stage is an exact pass-through (decoder = I / 4)."""
     pytest.importorskip("tensorflow", reason="the converter needs TensorFlow")
-    from convert.build import convert_dtln
-    from convert.dtln import DTLNConfig, DTLNWeights
+    from convert.build import convert
+    from convert.families.dtln import DTLNConfig, DTLNWeights
 
     w = DTLNWeights.random(DTLNConfig(units=8, encoder_size=512), seed=1)
     for dense in ("dense1", "dense2"):
@@ -26,7 +26,7 @@ def identity_bundle(tmp_path_factory) -> str:
     # Four overlapping frames are summed (no synthesis window in DTLN): each contributes a quarter.
     w.arrays["decoder"][0][0] = np.eye(512, dtype=np.float32) / 4
     path = tmp_path_factory.mktemp("identity") / "identity"
-    convert_dtln(w, "none", str(path), verify_audio=[noise_audio()], verify_names=["noise"])
+    convert(w, "none", str(path), verify_audio=[noise_audio()], verify_names=["noise"])
     return str(path)
 
 

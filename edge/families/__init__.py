@@ -33,8 +33,8 @@ class Family(Protocol):
 
 
 def family_class(bundle: Bundle) -> type:
-    from .dtln import DTLN  # noqa: PLC0415
-    from .poconet import PoCoNet  # noqa: PLC0415
+    from .dtln import DTLN
+    from .poconet import PoCoNet
 
     families: dict[str, type] = {"dtln": DTLN, "poconet": PoCoNet}
     try:

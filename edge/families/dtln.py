@@ -47,7 +47,7 @@ class DTLN:
         bins = bundle.block_len // 2 + 1
         bases = _runtime_bases(bundle)
         sizes = (bins, bundle.block_len if bases is None else bases[0].shape[1])
-        for sm, n in zip(bundle.submodels, sizes):
+        for sm, n in zip(bundle.submodels, sizes, strict=False):
             for t in (sm.input(sm.data_input), sm.output(sm.data_output)):
                 if int(np.prod(t.shape)) != n:
                     raise BundleError(f"{bundle.path}/{sm.file}: {t.name} has shape {list(t.shape)}, "

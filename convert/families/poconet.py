@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .dtln import IOSpec
-from .errors import WeightsError
+from ..errors import ConvertError, WeightsError
+from ..modes import Mode
+from .base import PRETRAINED, SAMPLE_RATE, DefaultWeights, Family, IOSpec, Plan, manifest_model
 
-FAMILY = "poconet"
+NAME = "poconet"
 SUBMODEL = "unet"
 MASK_EPS = 1e-12
 """Added to |m|^2 before the square root in the mask bound (keeps tanh(a)/a finite and smooth at 0)."""
@@ -85,8 +87,13 @@ class PoCoNetConfig:
         return self.block_len - self.block_shift
 
     @property
+    def sample_rate(self) -> int:
+        """Hertz."""
+        return SAMPLE_RATE
+
+    @property
     def frames_per_second(self) -> float:
-        return 16000.0 / self.block_shift
+        return self.sample_rate / self.block_shift
 
     def freqs(self, level: int) -> int:
         return self.bins >> level
@@ -166,7 +173,8 @@ class PoCoNetWeights:
     @classmethod
     def random(cls, cfg: PoCoNetConfig, seed: int = 0) -> "PoCoNetWeights":
         """Keras' default initialisers (seeded), head biased towards a pass-through mask."""
-        keras = _keras()
+        from ..layers import keras
+
         keras.utils.set_random_seed(seed)
         return get_model_weights(build_training_model(cfg), cfg)
 
@@ -184,7 +192,7 @@ def expected_shapes(cfg: PoCoNetConfig) -> dict[str, list[tuple[int, ...]]]:
 def save_weights(weights: PoCoNetWeights, path: str) -> None:
     """h5: attrs ``family`` and ``config`` (JSON); group per layer with datasets ``0``, ``1``, ... ."""
     with h5py.File(path, "w") as f:
-        f.attrs["family"] = FAMILY
+        f.attrs["family"] = NAME
         f.attrs["config"] = json.dumps(asdict(weights.config))
         for name, ws in weights.arrays.items():
             g = f.create_group(name)
@@ -192,8 +200,11 @@ def save_weights(weights: PoCoNetWeights, path: str) -> None:
                 g.create_dataset(str(i), data=np.asarray(a, np.float32))
 
 
-def load_weights(path: str) -> PoCoNetWeights:
-    """Load our h5; the config is read from the file, every layer and shape checked against it."""
+def load_weights(path: str, block_shift: int | None = None) -> PoCoNetWeights:
+    """Load our h5; the config is read from the file, every layer and shape checked against it.
+
+    ``block_shift``, when given, must be the hop the model was trained with (ConvertError otherwise).
+    """
     try:
         f = h5py.File(path, "r")
     except FileNotFoundError:
@@ -201,8 +212,8 @@ def load_weights(path: str) -> PoCoNetWeights:
     except OSError as exc:
         raise WeightsError(f"{path}: not a readable HDF5 weights file ({exc})") from None
     with f:
-        if f.attrs.get("family") != FAMILY or "config" not in f.attrs:
-            raise WeightsError(f"{path}: not a PoCoNet weights file (expected attrs family='{FAMILY}' and config; "
+        if f.attrs.get("family") != NAME or "config" not in f.attrs:
+            raise WeightsError(f"{path}: not a PoCoNet weights file (expected attrs family='{NAME}' and config; "
                                "a DTLN .h5 converts with --family dtln)")
         try:
             cfg = PoCoNetConfig.from_dict(json.loads(f.attrs["config"]))
@@ -218,26 +229,20 @@ def load_weights(path: str) -> PoCoNetWeights:
         got = [tuple(a.shape) for a in stored[name]]
         if got != shapes:
             raise WeightsError(f"{path}: layer {name!r} has weight shapes {got}, expected {shapes}")
+    if block_shift is not None and block_shift != cfg.block_shift:
+        raise ConvertError(f"--block-shift {block_shift}: a poconet model runs at the hop it was trained "
+                           f"with ({cfg.block_shift} in {path})")
     return PoCoNetWeights(cfg, {name: stored[name] for name in want})
 
 
 # ---------------------------------------------------------------------------------------------
 # Keras layers and models (TensorFlow backend)
 
-def _keras():
-    import os
-
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import keras
-
-    return keras
-
-
 def windows(cfg: PoCoNetConfig) -> tuple[np.ndarray, np.ndarray]:
     """(analysis, synthesis) float32 windows exactly as the runtime framing uses them."""
-    from edge.stream import _windows
+    from edge.stream import windows as edge_windows
 
-    ana, syn = _windows(cfg.window, cfg.block_len, cfg.block_shift)
+    ana, syn = edge_windows(cfg.window, cfg.block_len, cfg.block_shift)
     ones = np.ones(cfg.block_len)
     return (ones if ana is None else ana).astype(np.float32), (ones if syn is None else syn).astype(np.float32)
 
@@ -249,125 +254,6 @@ def pos_table(cfg: PoCoNetConfig) -> np.ndarray:
     return np.cos(np.pi * k * f / cfg.bins).astype(np.float32)
 
 
-def _layers():
-    keras = _keras()
-    ops = keras.ops
-
-    class FreqEmbedding(keras.layers.Layer):
-        """Append constant frequency-positional channels: (..., bins, C) -> (..., bins, C + P)."""
-
-        def __init__(self, table, **kw):
-            super().__init__(**kw)
-            self.table = np.asarray(table, np.float32)
-
-        def call(self, x):
-            emb = ops.convert_to_tensor(self.table)
-            if None in tuple(x.shape):
-                e = ops.zeros_like(x[..., :1]) + emb
-            else:  # static (streaming): a constant the converter folds
-                e = ops.broadcast_to(emb, (*x.shape[:-1], self.table.shape[-1]))
-            return ops.concatenate([x, e], axis=-1)
-
-    class GRUStep(keras.layers.Layer):
-        """One GRU step with explicit state; Keras' GRU maths (gates z, r, h; reset after the matmul)."""
-
-        def __init__(self, units, **kw):
-            super().__init__(**kw)
-            self.units = units
-
-        def build(self, shapes):
-            n_in = shapes[0][-1]
-            self.kernel = self.add_weight(shape=(n_in, 3 * self.units), name="kernel")
-            self.recurrent_kernel = self.add_weight(shape=(self.units, 3 * self.units), name="recurrent_kernel")
-            self.bias = self.add_weight(shape=(2, 3 * self.units), name="bias")
-
-        def call(self, inputs):
-            x, h = inputs
-            mx = ops.matmul(x, self.kernel) + self.bias[0]
-            mh = ops.matmul(h, self.recurrent_kernel) + self.bias[1]
-            xz, xr, xh = ops.split(mx, 3, axis=-1)
-            hz, hr, hh = ops.split(mh, 3, axis=-1)
-            z = ops.sigmoid(xz + hz)
-            r = ops.sigmoid(xr + hr)
-            c = ops.tanh(xh + r * hh)
-            return z * h + (1.0 - z) * c
-
-    class Analysis(keras.layers.Layer):
-        """(batch, samples) -> spectrum (batch, frames, block_len // 2 + 1, 2 = re/im).
-
-        Frames exactly as ``edge.stream`` sees them: block_len - block_shift zeros in front, and at the
-        end zeros until every frame that touches an input sample exists.
-        """
-
-        def __init__(self, cfg_json, **kw):
-            super().__init__(**kw)
-            self.cfg_json = cfg_json
-            self.cfg = PoCoNetConfig.from_dict(json.loads(cfg_json))
-
-        def call(self, x):
-            import tensorflow as tf
-
-            cfg = self.cfg
-            n, s = cfg.block_len, cfg.block_shift
-            lat = n - s
-            length = tf.shape(x)[1]
-            last = (length + lat - 1) // s  # index of the last frame that covers an input sample
-            pad_end = last * s + n - lat - length
-            xp = tf.pad(x, [[0, 0], [lat, 0]])
-            xp = tf.concat([xp, tf.zeros(tf.stack([tf.shape(x)[0], pad_end]), x.dtype)], axis=1)
-            ana, _ = windows(cfg)
-            spec = tf.signal.rfft(tf.signal.frame(xp, n, s) * ana)
-            return tf.stack([tf.math.real(spec), tf.math.imag(spec)], axis=-1)
-
-        def get_config(self):
-            return {**super().get_config(), "cfg_json": self.cfg_json}
-
-    class Features(keras.layers.Layer):
-        """Spectrum (..., all bins, 2) -> compressed spectrum of the first ``bins`` (..., bins, 2)."""
-
-        def __init__(self, bins, compress, eps, **kw):
-            super().__init__(**kw)
-            self.bins, self.compress, self.eps = bins, compress, eps
-
-        def call(self, spec):
-            x = spec[..., : self.bins, :]
-            mag = ops.sqrt(ops.sum(x * x, axis=-1, keepdims=True))
-            return x * ops.power(mag + self.eps, self.compress - 1.0)
-
-    class Synthesis(keras.layers.Layer):
-        """Spectrum, raw mask and the input audio -> denoised audio of the input's length, aligned."""
-
-        def __init__(self, cfg_json, **kw):
-            super().__init__(**kw)
-            self.cfg_json = cfg_json
-            self.cfg = PoCoNetConfig.from_dict(json.loads(cfg_json))
-
-        def call(self, inputs):
-            import tensorflow as tf
-
-            spec, raw, audio = inputs
-            cfg = self.cfg
-            x = spec[..., : cfg.bins, :]
-            mr, mi = raw[..., 0], raw[..., 1]
-            a = tf.sqrt(mr * mr + mi * mi + MASK_EPS)
-            k = tf.tanh(a) / a
-            mr, mi = mr * k, mi * k
-            yr = x[..., 0] * mr - x[..., 1] * mi
-            yi = x[..., 0] * mi + x[..., 1] * mr
-            rest = cfg.block_len // 2 + 1 - cfg.bins
-            y = tf.complex(tf.pad(yr, [[0, 0], [0, 0], [0, rest]]), tf.pad(yi, [[0, 0], [0, 0], [0, rest]]))
-            _, syn = windows(cfg)
-            frames = tf.signal.irfft(y, fft_length=[cfg.block_len]) * syn
-            out = tf.signal.overlap_and_add(frames, cfg.block_shift)
-            lat = cfg.latency_samples
-            return out[:, lat: lat + tf.shape(audio)[1]]
-
-        def get_config(self):
-            return {**super().get_config(), "cfg_json": self.cfg_json}
-
-    return FreqEmbedding, GRUStep, Analysis, Features, Synthesis
-
-
 def _unet(cfg: PoCoNetConfig, feat, caches: dict | None, gru_state=None, frames: int | None = None):
     """The network on features (batch, frames, bins, 2) -> raw mask (batch, frames, bins, 2).
 
@@ -375,10 +261,10 @@ def _unet(cfg: PoCoNetConfig, feat, caches: dict | None, gru_state=None, frames:
     maps block name -> (1, time_kernel - 1, bins_l, width) input, ``gru_state`` is (1, gru_units);
     returns the new caches and GRU state too.
     """
-    keras = _keras()
+    from ..layers import FreqEmbedding, GRUStep, keras
+
     ops = keras.ops
     L = keras.layers
-    FreqEmbedding, GRUStep, _, _, _ = _layers()
     kt, kf, act = cfg.time_kernel, cfg.freq_kernel, cfg.activation
     pf = (kf - 1) // 2
     new_caches = {}
@@ -437,14 +323,14 @@ def _unet(cfg: PoCoNetConfig, feat, caches: dict | None, gru_state=None, frames:
 
 def build_training_model(cfg: PoCoNetConfig, weights: PoCoNetWeights | None = None):
     """Whole-utterance model: (batch, samples) -> (batch, samples), delay compensated, same framing as edge."""
-    keras = _keras()
-    _, _, Analysis, Features, Synthesis = _layers()
-    cfg_json = json.dumps(asdict(cfg))
+    from ..layers import FramedAnalysis, MaskedSynthesis, PowerCompress, keras
+
+    ana, syn = windows(cfg)
     audio = keras.Input(shape=(None,), name="audio")
-    spec = Analysis(cfg_json, name="analysis")(audio)
-    feat = Features(cfg.bins, cfg.compress, cfg.compress_eps, name="features")(spec)
+    spec = FramedAnalysis(cfg.block_len, cfg.block_shift, ana, name="analysis")(audio)
+    feat = PowerCompress(cfg.bins, cfg.compress, cfg.compress_eps, name="features")(spec)
     raw, _, _ = _unet(cfg, feat, None)
-    y = Synthesis(cfg_json, name="synthesis")([spec, raw, audio])
+    y = MaskedSynthesis(cfg.block_len, cfg.block_shift, cfg.bins, syn, MASK_EPS, name="synthesis")([spec, raw, audio])
     model = keras.Model(audio, y, name="poconet")
     if weights is not None:
         set_model_weights(model, weights)
@@ -477,7 +363,8 @@ def build_streaming_model(weights: PoCoNetWeights, frames: int = 1):
     Inputs ``feat`` (1, frames, bins, 2) and ``NAME`` states; outputs ``mask`` (1, frames, bins, 2)
     (raw: bound it with tanh(|m|)/|m|) and ``NAME_out``. Returns (keras model, IOSpec).
     """
-    keras = _keras()
+    from ..layers import keras
+
     cfg = weights.config
     feat = keras.Input(batch_shape=(1, frames, cfg.bins, 2), name="feat")
     caches = {}
@@ -503,3 +390,67 @@ def family_options(cfg: PoCoNetConfig) -> dict:
     """What the runtime's per-block step needs (``edge.families.poconet``)."""
     return {"bins": cfg.bins, "compress": cfg.compress, "compress_eps": cfg.compress_eps,
             "mask": "complex_tanh", "mask_eps": MASK_EPS}
+
+
+# ---------------------------------------------------------------------------------------------
+# The family's entry for the converter, the trainer and the release
+
+
+def plan(weights: PoCoNetWeights, quantize: Mode, source: str, opts=None) -> Plan:
+    """One submodel in every mode (none of the modes' graph changes applies to this architecture); verification
+    also checks the float streaming graph against the whole-utterance model."""
+    if opts is not None:
+        raise ConvertError("poconet takes no stream options: its graph is the same in every mode")
+    cfg = weights.config
+    pair = build_streaming_model(weights, frames=1)
+    model = build_training_model(cfg, weights)
+
+    def offline(audio: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(model(x.astype(np.float32)[None], training=False))[0] for x in audio]
+
+    return Plan(
+        window=cfg.window, family_options=family_options(cfg), pairs=[pair], reference=[pair],
+        reference_options=family_options(cfg), model=manifest_model(cfg, budget(cfg), source),
+        converter_options={"frames_per_call": 1},
+        int8_hint=" For this checkpoint use --quantize float16 or --quantize dynamic (int8 weights).",
+        offline=offline)
+
+
+def default_weights(quantize: str) -> DefaultWeights:
+    return DefaultWeights(PRETRAINED / "poconet-16k" / "poconet_weights.h5")
+
+
+def owns_file(path: str) -> bool:
+    """Our h5 layout: attribute ``family = poconet``."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("family") == NAME
+    except OSError:
+        return False
+
+
+def train_architecture(tc, last: Path | None) -> tuple[PoCoNetConfig, PoCoNetWeights | None]:
+    """(config, initial weights or None): the run's own on resume, --init's, else the default + --model-config."""
+    if tc.qat:
+        raise ConvertError("poconet: --qat is DTLN-only")
+    if last is not None:
+        return load_weights(str(last)).config, None
+    if tc.model_config and tc.init:
+        raise ConvertError("poconet: --model-config cannot change an --init model")
+    if tc.init:
+        init = load_weights(tc.init)
+        return init.config, init
+    cfg = PoCoNetConfig()
+    if tc.model_config:
+        try:
+            cfg = PoCoNetConfig.from_dict(json.loads(Path(tc.model_config).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConvertError(f"--model-config {tc.model_config}: {exc}") from None
+    return cfg, None
+
+
+FAMILY = Family(
+    name=NAME, weights_type=PoCoNetWeights, load_weights=load_weights, save_weights=save_weights,
+    owns_file=owns_file, default_weights=default_weights, plan=plan, training_model=build_training_model,
+    get_model_weights=get_model_weights, set_model_weights=set_model_weights,
+    train_architecture=train_architecture)

@@ -1,13 +1,20 @@
-"""DTLN in Keras 3: weights (published h5 layout), the training model and its streaming submodels."""
+"""The DTLN family: weights (published h5 layout), the Keras training model, its streaming submodels and
+the graph changes each quantisation mode asks of them."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .errors import WeightsError
+from ..errors import ConvertError, WeightsError
+from ..modes import Mode, mode
+from .base import PRETRAINED, SAMPLE_RATE, DefaultWeights, Family, IOSpec, Plan, manifest_model
+
+NAME = "dtln"
 
 # Canonical order of weighted layers; the published h5 files store them in exactly this order.
 # "mag_norm" exists only in the norm variant (log-magnitude + instant layer norm before the first LSTM).
@@ -46,6 +53,11 @@ class DTLNConfig:
     @property
     def latency_samples(self) -> int:
         return self.block_len - self.block_shift
+
+    @property
+    def sample_rate(self) -> int:
+        """Hertz."""
+        return SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -92,7 +104,7 @@ def budget(cfg: DTLNConfig) -> dict[str, float]:
     shapes = [s for _, ws in layer_shapes(cfg) for s in ws]
     macs = sum(int(np.prod(s)) for s in shapes if len(s) >= 2)
     return {"parameters": sum(int(np.prod(s)) for s in shapes), "macs_per_frame": macs,
-            "macs_per_second": macs * 16000 // cfg.block_shift}
+            "macs_per_second": macs * cfg.sample_rate // cfg.block_shift}
 
 
 @dataclass(frozen=True)
@@ -141,11 +153,13 @@ def _read_h5_layers(path: str) -> list[tuple[str, list[np.ndarray]]]:
         return layers
 
 
-def load_weights(path: str, block_shift: int = 128) -> DTLNWeights:
+def load_weights(path: str, block_shift: int | None = None) -> DTLNWeights:
     """Load a DTLN h5 (published or ours); the architecture is read from the arrays' shapes.
 
     The norm variant is told apart by content: its first weighted layer is a (bins,) norm, not an LSTM.
+    The hop is not in the file: ``block_shift`` (default 128 = 8 ms) sets it.
     """
+    block_shift = DTLNConfig.block_shift if block_shift is None else block_shift
     layers = _read_h5_layers(path)
     if not layers:
         raise WeightsError(f"{path}: holds no weights")
@@ -173,7 +187,7 @@ def load_weights(path: str, block_shift: int = 128) -> DTLNWeights:
         raise WeightsError(f"{path}: {len(layers)} weighted layers, a DTLN with {n_lstm} LSTM layers per stage "
                            f"{'(norm variant) ' if norm_mag else ''}has {len(expected)}")
     arrays = {}
-    for (name, shapes), (ln, ws) in zip(expected, layers):
+    for (name, shapes), (ln, ws) in zip(expected, layers, strict=True):
         got = [tuple(w.shape) for w in ws]
         if got != shapes:
             raise WeightsError(f"{path}: layer {ln!r} (DTLN {name}) has weight shapes {got}, expected {shapes}")
@@ -182,8 +196,6 @@ def load_weights(path: str, block_shift: int = 128) -> DTLNWeights:
 
 
 def _read_h5_config(path: str) -> dict:
-    import json
-
     with h5py.File(path, "r") as f:
         raw = f.attrs.get("dtln_config")
     if raw is None:
@@ -193,8 +205,6 @@ def _read_h5_config(path: str) -> dict:
 
 def save_weights(weights: DTLNWeights, path: str) -> None:
     """Write weights in the published h5 layout (readable by ``load_weights`` and by the DTLN code)."""
-    import json
-
     with h5py.File(path, "w") as f:
         f.attrs["dtln_config"] = json.dumps(asdict(weights.config)).encode()
         names = [n for n, _ in layer_shapes(weights.config)]
@@ -205,156 +215,18 @@ def save_weights(weights: DTLNWeights, path: str) -> None:
             ws = weights.arrays[n]
             wn = [f"{n}/w{i}:0" for i in range(len(ws))]
             g.attrs["weight_names"] = np.array([w.encode() for w in wn])
-            for w, a in zip(wn, ws):
+            for w, a in zip(wn, ws, strict=True):
                 g.create_dataset(w, data=a)
 
 
 # ---------------------------------------------------------------------------------------------
-# Keras layers and models (TensorFlow backend)
-
-def _keras():
-    import os
-
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import keras
-
-    return keras
-
-
-def _layers():
-    keras = _keras()
-    ops = keras.ops
-
-    class InstantLayerNorm(keras.layers.Layer):
-        """Per-frame layer norm over the last axis (DTLN's instant layer normalisation)."""
-
-        def __init__(self, eps=1e-7, **kw):
-            super().__init__(**kw)
-            self.eps = eps
-
-        def build(self, shape):
-            self.gamma = self.add_weight(shape=(shape[-1],), initializer="ones", name="gamma")
-            self.beta = self.add_weight(shape=(shape[-1],), initializer="zeros", name="beta")
-
-        def call(self, x):
-            mean = ops.mean(x, axis=-1, keepdims=True)
-            d = x - mean
-            var = ops.mean(d * d, axis=-1, keepdims=True)  # d*d: SQUARED_DIFFERENCE has no int16 kernel
-            return d / ops.sqrt(var + self.eps) * self.gamma + self.beta
-
-        def get_config(self):
-            return {**super().get_config(), "eps": self.eps}
-
-    class LSTMStep(keras.layers.Layer):
-        """One LSTM time step with explicit state, Keras gate order (i, f, c, o)."""
-
-        def __init__(self, units, clip_cell=None, clip_gates=None, **kw):
-            super().__init__(**kw)
-            self.units = units
-            self.clip_cell = clip_cell
-            self.clip_gates = clip_gates
-
-        def build(self, shapes):
-            n_in = shapes[0][-1]
-            self.kernel = self.add_weight(shape=(n_in, 4 * self.units), name="kernel")
-            self.recurrent_kernel = self.add_weight(shape=(self.units, 4 * self.units), name="recurrent_kernel")
-            self.bias = self.add_weight(shape=(4 * self.units,), name="bias")
-
-        def call(self, inputs):
-            x, h, c = inputs
-            z = ops.matmul(x, self.kernel) + ops.matmul(h, self.recurrent_kernel) + self.bias
-            if self.clip_gates is not None:
-                z = ops.clip(z, -self.clip_gates, self.clip_gates)
-            i, f, g, o = ops.split(z, 4, axis=-1)
-            c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
-            if self.clip_cell is not None:
-                c = ops.clip(c, -self.clip_cell, self.clip_cell)
-            h = ops.sigmoid(o) * ops.tanh(c)
-            return h, c
-
-    class QLSTMCell(keras.layers.Layer):
-        """Training-time LSTM cell with clipped, int8 fake-quantised pre-activations, cell and hidden state."""
-
-        def __init__(self, units, gate_clip, cell_clip, fake_quant=True, **kw):
-            super().__init__(**kw)
-            self.units = units
-            self.gate_clip, self.cell_clip, self.fake_quant = gate_clip, cell_clip, fake_quant
-            self.state_size = [units, units]
-            self.output_size = units
-
-        def build(self, shape):
-            self.kernel = self.add_weight(shape=(shape[-1], 4 * self.units), name="kernel",
-                                          initializer="glorot_uniform")
-            self.recurrent_kernel = self.add_weight(shape=(self.units, 4 * self.units), name="recurrent_kernel",
-                                                    initializer="orthogonal")
-            self.bias = self.add_weight(shape=(4 * self.units,), name="bias", initializer="zeros")
-
-        def _fq(self, x, bound):
-            if not self.fake_quant:
-                return x
-            import tensorflow as tf
-
-            return tf.quantization.fake_quant_with_min_max_args(x, -bound, bound * 127 / 128, num_bits=8)
-
-        def call(self, x, states, training=None):
-            h, c = states
-            z = ops.matmul(x, self.kernel) + ops.matmul(h, self.recurrent_kernel) + self.bias
-            z = self._fq(ops.clip(z, -self.gate_clip, self.gate_clip), self.gate_clip)
-            i, f, g, o = ops.split(z, 4, axis=-1)
-            c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
-            c = self._fq(ops.clip(c, -self.cell_clip, self.cell_clip), self.cell_clip)
-            h = self._fq(ops.sigmoid(o) * ops.tanh(c), 1.0)
-            return h, [h, c]
-
-    class STFT(keras.layers.Layer):
-        """(batch, samples) -> magnitude and phase (batch, frames, bins); no padding, like DTLN."""
-
-        def __init__(self, block_len, block_shift, **kw):
-            super().__init__(**kw)
-            self.block_len, self.block_shift = block_len, block_shift
-
-        def call(self, x):
-            import tensorflow as tf
-
-            spec = tf.signal.rfft(tf.signal.frame(x, self.block_len, self.block_shift))
-            return tf.abs(spec), tf.math.angle(spec)
-
-    class ISTFTFrames(keras.layers.Layer):
-        """Masked magnitude + phase -> time frames (batch, frames, block_len)."""
-
-        def __init__(self, block_len, **kw):
-            super().__init__(**kw)
-            self.block_len = block_len
-
-        def call(self, inputs):
-            import tensorflow as tf
-
-            mag, phase = inputs
-            spec = tf.cast(mag, tf.complex64) * tf.exp(tf.complex(tf.zeros_like(phase), phase))
-            return tf.signal.irfft(spec, fft_length=[self.block_len])
-
-    class OverlapAdd(keras.layers.Layer):
-        def __init__(self, block_shift, **kw):
-            super().__init__(**kw)
-            self.block_shift = block_shift
-
-        def call(self, frames):
-            import tensorflow as tf
-
-            return tf.signal.overlap_and_add(frames, self.block_shift)
-
-    class Log(keras.layers.Layer):
-        def call(self, x):
-            return ops.log(x + 1e-7)
-
-    return InstantLayerNorm, LSTMStep, STFT, ISTFTFrames, OverlapAdd, Log, QLSTMCell
-
+# Keras models (TensorFlow backend)
 
 def build_training_model(cfg: DTLNConfig, weights: DTLNWeights | None = None):
     """Whole-utterance DTLN: (batch, samples) -> (batch, samples'), samples' = framed length."""
-    keras = _keras()
+    from ..layers import STFT, InstantLayerNorm, ISTFTFrames, Log, OverlapAdd, QLSTMCell, keras
+
     L = keras.layers
-    InstantLayerNorm, _, STFT, ISTFTFrames, OverlapAdd, Log, QLSTMCell = _layers()
     x = keras.Input(shape=(None,), name="audio")
     mag, phase = STFT(cfg.block_len, cfg.block_shift, name="stft")(x)
     h = mag
@@ -394,18 +266,6 @@ def get_model_weights(model, cfg: DTLNConfig) -> DTLNWeights:
                              for n, _ in layer_shapes(cfg)})
 
 
-@dataclass(frozen=True)
-class IOSpec:
-    """Inputs/outputs of one streaming submodel, in signature order."""
-
-    name: str
-    inputs: tuple[tuple[str, tuple[int, ...]], ...]
-    outputs: tuple[tuple[str, tuple[int, ...]], ...]
-    data_input: str
-    data_output: str
-    states: tuple[tuple[str, str], ...]
-
-
 def _state_io(keras, prefix: str, cfg: DTLNConfig, opts: StreamOptions):
     """Named state inputs and a function that packs the per-layer (h, c) back into outputs."""
     if opts.split_states:
@@ -432,10 +292,10 @@ def _state_io(keras, prefix: str, cfg: DTLNConfig, opts: StreamOptions):
 
 def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOptions()):
     """The two FFT-free per-block submodels with explicit named state: [(keras model, IOSpec)]."""
-    keras = _keras()
+    from ..layers import InstantLayerNorm, Log, LSTMStep, keras
+
     ops = keras.ops
     cfg = weights.config
-    InstantLayerNorm, LSTMStep, _, _, _, Log, _ = _layers()
     out = []
     for stage, prefix, n_in, n_mask in ((1, "mask", cfg.bins, cfg.bins),
                                         (2, "frame", cfg.block_len, cfg.encoder_size)):
@@ -488,15 +348,19 @@ def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOpt
     return out
 
 
-def stream_options_for(mode: str, cfg: DTLNConfig, opts: StreamOptions | None = None) -> StreamOptions:
-    """The graph changes each quantisation mode uses unless the caller overrides them."""
+def stream_options_for(quantize: str | Mode, cfg: DTLNConfig, opts: StreamOptions | None = None) -> StreamOptions:
+    """The graph changes the mode's table entry asks for (``convert.modes``), unless the caller overrides them.
+
+    A model trained with clipping keeps it in every mode (it is part of the model).
+    """
     if opts is not None:
         return opts
-    if mode in ("int8", "int16x8"):
-        return StreamOptions(split_states=True, clip_cell=cfg.cell_clip or 8.0, clip_gates=cfg.gate_clip,
-                             frame_rms_norm=True, log_mag_outside=cfg.norm_mag, bases_outside=mode == "int8")
-    # A model trained with clipping keeps it in every mode (it is part of the model).
-    return StreamOptions(clip_cell=cfg.cell_clip, clip_gates=cfg.gate_clip)
+    changes = mode(quantize).graph_changes
+    return StreamOptions(split_states="split_states" in changes,
+                         clip_cell=(cfg.cell_clip or 8.0) if "bounded_cell" in changes else cfg.cell_clip,
+                         clip_gates=cfg.gate_clip, frame_rms_norm="runtime_frame_norm" in changes,
+                         log_mag_outside=cfg.norm_mag and "runtime_log" in changes,
+                         bases_outside="runtime_bases" in changes)
 
 
 def runtime_bases(weights: DTLNWeights) -> dict[str, np.ndarray]:
@@ -506,5 +370,97 @@ def runtime_bases(weights: DTLNWeights) -> dict[str, np.ndarray]:
             "decoder": weights.arrays["decoder"][0][0].astype(np.float16)}
 
 
-def with_block_shift(weights: DTLNWeights, block_shift: int) -> DTLNWeights:
-    return DTLNWeights(replace(weights.config, block_shift=block_shift), weights.arrays)
+# ---------------------------------------------------------------------------------------------
+# The family's entry for the converter, the trainer and the release
+
+
+def plan(weights: DTLNWeights, quantize: Mode, source: str, opts: StreamOptions | None = None) -> Plan:
+    """The two submodels with ``quantize``'s graph changes (or ``opts``), against the float graphs as trained."""
+    cfg = weights.config
+    opts = stream_options_for(quantize, cfg, opts)
+    family_options = {"frame_rms_norm": opts.frame_rms_norm, "log_mag": bool(opts.log_mag_outside and cfg.norm_mag)}
+    arrays = {}
+    if opts.bases_outside:
+        family_options["stage2_bases"] = "runtime"
+        arrays = runtime_bases(weights)
+    if cfg.qat:
+        hint = (" This model was fine-tuned with --qat and still misses: quiet-bin detail (e.g. from a --spectral "
+                "loss) is what int8 loses first. The shipped pretrained_model/dtln-16k-int8 is fine-tuned for it")
+    else:
+        hint = (f" Full int8 needs a model fine-tuned for it: python -m convert.train --init {source or 'WEIGHTS.h5'}"
+                " --qat --out runs/qat, then convert runs/qat/best.h5")
+    return Plan(
+        window="none", family_options=family_options, pairs=build_streaming_models(weights, opts),
+        reference=build_streaming_models(weights, stream_options_for("none", cfg)), reference_options={},
+        model=manifest_model(cfg, budget(cfg), source), converter_options=asdict(opts), arrays=arrays,
+        int8_hint=hint + "; for this checkpoint use --quantize dynamic (int8 weights) or --quantize int16x8.")
+
+
+def default_weights(quantize: str) -> DefaultWeights:
+    """The shipped DTLN for full int8 is the one fine-tuned for it (its model card says why there are two)."""
+    if quantize == "int8":
+        return DefaultWeights(PRETRAINED / "dtln-16k-int8" / "dtln_weights.h5",
+                              "fine-tuned for full int8 with --qat; the other modes convert "
+                              "pretrained_model/dtln-16k/dtln_weights.h5")
+    return DefaultWeights(PRETRAINED / "dtln-16k" / "dtln_weights.h5")
+
+
+def owns_file(path: str) -> bool:
+    """A Keras h5 without a ``family`` attribute (the published layout and ours) or with ``family = dtln``."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("family", NAME) == NAME
+    except OSError:
+        return False
+
+
+def train_architecture(tc, last: Path | None) -> tuple[DTLNConfig, DTLNWeights | None]:
+    """The run's own architecture on resume (not its --init's), else --init's, else --units/--plain; --qat on top."""
+    if last is not None:
+        init, cfg = None, load_weights(str(last)).config
+    else:
+        init = load_weights(tc.init) if tc.init else None
+        cfg = init.config if init else DTLNConfig(units=tc.units, norm_mag=not tc.plain)
+    if tc.model_config:
+        raise ConvertError("--model-config is poconet-only; a DTLN's architecture comes from --units/--plain/--init")
+    if tc.qat:
+        cfg = replace(cfg, qat=True, gate_clip=tc.gate_clip, cell_clip=tc.cell_clip)
+    return cfg, DTLNWeights(cfg, init.arrays) if init else None
+
+
+LEVEL_TOLERANCE_DB = 0.5
+"""Output level errors below this are left alone."""
+
+
+def leveled(weights: DTLNWeights, dev_count: int = 128) -> tuple[DTLNWeights, dict | None]:
+    """(weights, {gain_db, inverted} or None): the decoder scaled by the least-squares output gain on the dev mixes.
+
+    SI-SDR is blind to scale and sign, and a magnitude loss to sign, so a model trained on them may come
+    out louder or quieter than the speech it estimates, or with its polarity inverted (seen: x -0.5).
+    The decoder is linear and last, so scaling its weights scales the output exactly. Returns the
+    weights unchanged and None when the gain is positive and within ``LEVEL_TOLERANCE_DB`` of 0 dB,
+    or when the dev data is absent.
+    """
+    from ..data import dev_set
+
+    dev = dev_set(count=dev_count)
+    if dev is None:
+        return weights, None
+    noisy, clean = dev
+    model = build_training_model(weights.config, weights)
+    est = np.concatenate([np.asarray(model(noisy[i:i + 16], training=False)) for i in range(0, len(noisy), 16)])
+    n = min(est.shape[1], clean.shape[1])
+    gain = float(np.sum(clean[:, :n] * est[:, :n]) / np.sum(np.square(est[:, :n], dtype=np.float64)))
+    gain_db = 20 * np.log10(abs(gain))
+    if gain > 0 and abs(gain_db) < LEVEL_TOLERANCE_DB:
+        return weights, None
+    arrays = dict(weights.arrays)
+    arrays["decoder"] = [a * np.float32(gain) for a in arrays["decoder"]]
+    return DTLNWeights(weights.config, arrays), {"gain_db": round(float(gain_db), 2), "inverted": gain < 0}
+
+
+FAMILY = Family(
+    name=NAME, weights_type=DTLNWeights, load_weights=load_weights, save_weights=save_weights, owns_file=owns_file,
+    default_weights=default_weights, plan=plan, training_model=build_training_model,
+    get_model_weights=get_model_weights, set_model_weights=set_model_weights,
+    train_architecture=train_architecture, release_fix=leveled)
