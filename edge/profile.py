@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import math
@@ -17,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .bundle import Bundle, load_bundle
+from .cli import ModelOptions, add_model_options
 from .errors import AudioError, EdgeError
 from .options import Options
 from .stream import StreamingDenoiser
@@ -203,7 +203,7 @@ def stats_ms(ns: np.ndarray) -> dict[str, float]:
     """mean, p50, p95, p99, max of per-block nanoseconds, in milliseconds."""
     ms = np.asarray(ns, np.float64) / 1e6
     p50, p95, p99 = np.percentile(ms, (50, 95, 99))
-    return {k: round(float(v), 6) for k, v in zip(STAT_KEYS, (ms.mean(), p50, p95, p99, ms.max()))}
+    return {k: round(float(v), 6) for k, v in zip(STAT_KEYS, (ms.mean(), p50, p95, p99, ms.max()), strict=True)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -471,9 +471,7 @@ def register(sub) -> None:
         description="Measure bundles block by block (interleaved, after warm-up): per stage mean/p50/p95/p99/max "
                     "in ms per block, real-time factor, share of the block-shift budget and deadline misses, "
                     "with the device facts. With --report, render saved profiles as a markdown table.")
-    p.add_argument("--model", "-m", metavar="DIR", action="append", default=None,
-                   help="bundle folder; repeat to measure several in one interleaved run "
-                        "(default: $EDGE_DENOISE_MODEL, else the shipped dtln-16k bundle)")
+    add_model_options(p, several=True)
     p.add_argument("--seconds", type=float, default=20.0,
                    help="audio measured per bundle after warm-up, seconds (default: 20)")
     p.add_argument("--warmup", type=int, default=100, metavar="BLOCKS",
@@ -481,9 +479,6 @@ def register(sub) -> None:
     p.add_argument("--interleave", type=float, default=1.0, metavar="SECONDS",
                    help="audio each stream runs per turn, seconds; 0 = one block per turn, which also measures "
                         "cold caches (default: 1)")
-    p.add_argument("--threads", type=int, default=1, help="interpreter threads per stream (default: 1)")
-    p.add_argument("--xnnpack", action=argparse.BooleanOptionalAction, default=True,
-                   help="use the XNNPACK delegate (default: on)")
     p.add_argument("--audio", metavar="FILE", default=None,
                    help="recording to feed, looped and resampled to each bundle's rate "
                         "(default: examples/p232_013_noisy.wav)")
@@ -549,17 +544,11 @@ def run(args) -> int:
         return 0
     if args.png or args.markdown:
         raise EdgeError("--png and --markdown go with --report FILE...")
-    if args.threads < 1:
-        raise EdgeError(f"--threads must be >= 1, got {args.threads}")
     if args.noise and args.audio:
         raise EdgeError("--noise and --audio exclude each other")
-    if args.model:
-        models = args.model
-    else:
-        from .cmd_denoise import default_model  # noqa: PLC0415
-
-        models = [default_model()]
-    options = Options(num_threads=args.threads, xnnpack=args.xnnpack)
+    chosen = ModelOptions.from_args(args)
+    models = chosen.paths()
+    options = chosen.options
     prof = profile(models, options, args.seconds, args.warmup, args.audio, args.noise, args.label,
                    _command(args, models), args.interleave)
     if args.json:
