@@ -155,16 +155,20 @@ def _read_regular(fpath: str, limit: int | None = None) -> bytes:
         fd = os.open(fpath, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise BundleError(f"{fpath}: cannot read ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise BundleError(f"{fpath}: not a regular file")
         if limit is not None and st.st_size > limit:
             raise BundleError(f"{fpath}: {st.st_size} bytes, expected at most {limit}")
-        try:
-            return f.read()
-        except OSError as exc:
-            raise BundleError(f"{fpath}: cannot read ({exc.strerror})") from None
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise BundleError(f"{fpath}: cannot read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
 
 
 def _read_checked(path: str, fname: str, want: str, where: str) -> bytes:
@@ -353,6 +357,7 @@ def check_interpreter(bundle: Bundle, sm: SubmodelSpec, interp: Any = None) -> d
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise BundleError(f"{fpath}: {pkg.name} {pkg.version} cannot load it ({first}){hint}") from None
     found = {d["name"]: d for d in interp.get_input_details()}
+    inputs = set(found)
     found.update({d["name"]: d for d in interp.get_output_details()})
     index = {}
     for spec in sm.inputs + sm.outputs:
@@ -370,4 +375,8 @@ def check_interpreter(bundle: Bundle, sm: SubmodelSpec, interp: Any = None) -> d
             raise BundleError(f"{fpath}: tensor {spec.name!r} quantisation is scale={scale} zero_point={zp} in "
                               f"the model, manifest says scale={spec.scale} zero_point={spec.zero_point}")
         index[spec.name] = int(d["index"])
+    unfed = sorted(inputs - {sm.input(sm.data_input).tensor} - {sm.input(s_in).tensor for s_in, _ in sm.states})
+    if unfed:
+        raise BundleError(f"{fpath}: model inputs {unfed} are neither the manifest's data input nor in a state pair "
+                          "(they would stay zero)")
     return index

@@ -24,6 +24,8 @@ class Opt:
     low: float | None = None
     """Smallest allowed value (numbers), inclusive unless ``low_open``."""
     low_open: bool = False
+    high: float | None = None
+    """Largest allowed value (numbers), inclusive."""
 
     def problem(self, v: Any) -> str | None:
         """Why ``v`` does not fit, or None."""
@@ -31,11 +33,14 @@ class Opt:
         ok = {"bool": isinstance(v, bool), "int": isinstance(v, int) and not isinstance(v, bool),
               "number": is_num and math.isfinite(v), "str": isinstance(v, str)}[self.kind]
         if not ok:
-            return f"should be {'a finite number' if self.kind == 'number' else 'a ' + self.kind}"
+            return "should be " + {"bool": "a bool", "int": "an integer", "number": "a finite number",
+                                   "str": "a string"}[self.kind]
         if self.choices and v not in self.choices:
             return f"should be one of {', '.join(map(repr, self.choices))}"
         if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
             return f"should be {'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None and v > self.high:
+            return f"should be <= {self.high:g}"
         return None
 
 

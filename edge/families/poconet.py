@@ -24,9 +24,12 @@ class PoCoNet:
     SUBMODELS = ("unet",)
     FRAMING = {"sample_rate": (16000,), "block_len": (512,), "block_shift": (128,), "window": ("sqrt_hann",)}
     """The framing PoCoNet is trained and verified with (32 ms frames, 8 ms hop, sqrt-Hann analysis/synthesis)."""
-    OPTIONS = {"bins": Opt("int", required=True, low=1), "compress": Opt("number", required=True, low=0, low_open=True),
-               "compress_eps": Opt("number", required=True, low=0),
-               "mask": Opt("str", required=True, choices=MASKS), "mask_eps": Opt("number", required=True, low=0)}
+    OPTIONS = {"bins": Opt("int", required=True, low=1),
+               "compress": Opt("number", required=True, low=0, low_open=True, high=1),
+               "compress_eps": Opt("number", required=True, low=0, low_open=True, high=1e-2),
+               "mask": Opt("str", required=True, choices=MASKS),
+               "mask_eps": Opt("number", required=True, low=0, low_open=True, high=1e-2)}
+    """``compress`` is an exponent in (0, 1]; the two eps keep a division and a sqrt away from 0: small, > 0."""
 
     @classmethod
     def check(cls, bundle: Bundle) -> None:
