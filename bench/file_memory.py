@@ -22,7 +22,6 @@ import shutil
 import sys
 
 import numpy as np
-
 from common import EXAMPLE, WORK, summary, write_result
 from memory import IMPORTS_ONLY
 

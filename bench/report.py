@@ -81,7 +81,7 @@ def render_bench(doc: dict[str, Any]) -> str:
 
 def render(results: Path = RESULTS) -> str:
     sys.path.insert(0, str(results.parents[1]))
-    from edge.profile import SCHEMA, render_markdown
+    from edge.profile_report import SCHEMA, render_markdown
 
     docs = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
     benches = sorted((d for d in docs if "bench" in d),
