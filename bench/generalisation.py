@@ -24,12 +24,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import REPO, SHARED, WORK, skip, write_result  # noqa: I001
+from common import REPO, SHARED, WORK, skip, write_result
 
-import edge  # noqa: E402
-from edge.audio import read_audio, to_mono_rate  # noqa: E402
-from edge.evaluate import _pairs, evaluate, scores  # noqa: E402
-from edge.options import Options  # noqa: E402
+import edge
+from edge.audio import read_audio, to_mono_rate
+from edge.evaluate import _pairs, evaluate, scores
+from edge.options import Options
 
 METRICS = ("pesq_wb", "stoi", "si_sdr")
 RATE = 16000
@@ -92,7 +92,8 @@ def score_model(bundle, sets: dict[str, Path], clean_files: list[Path], labels: 
 
 
 def markdown(res: dict, ref: str) -> str:
-    lines = ["| model | " + " | ".join(f"{s} PESQ-WB / STOI / SI-SDR" for s in res["sets"]) + " | clean in PESQ / SI-SDR |",
+    head = " | ".join(f"{s} PESQ-WB / STOI / SI-SDR" for s in res["sets"])
+    lines = [f"| model | {head} | clean in PESQ / SI-SDR |",
              "|---|" + "---|" * (len(res["sets"]) + 1)]
     first = next(iter(res["models"].values()))
     lines.append("| noisy input | " + " | ".join(
@@ -158,7 +159,7 @@ def main() -> int:
         res["models"][name] = score_model(bundle, sets, clean_files, labels)
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(res["models"][name]))
-    for name, m in res["models"].items():
+    for m in res["models"].values():
         m["paired"] = {s: {k: paired(m[s]["per_file"], res["models"][ref][s]["per_file"], k) for k in METRICS}
                        for s in sets}
     md = markdown(res, ref)

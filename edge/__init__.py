@@ -3,9 +3,9 @@
 from .bundle import Bundle, load_bundle
 from .errors import AudioError, BundleError, EdgeError, RuntimeMissingError
 from .options import Options
-from .stream import StreamingDenoiser, denoise
+from .stream import AlignedStream, StreamingDenoiser, denoise
 
 __version__ = "0.1.0"
 
-__all__ = ["AudioError", "Bundle", "BundleError", "EdgeError", "Options", "RuntimeMissingError",
+__all__ = ["AlignedStream", "AudioError", "Bundle", "BundleError", "EdgeError", "Options", "RuntimeMissingError",
            "StreamingDenoiser", "__version__", "denoise", "load_bundle"]

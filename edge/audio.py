@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 
 from .errors import AudioError
@@ -52,27 +49,34 @@ def to_mono_rate(x: np.ndarray, sr: int, rate: int) -> np.ndarray:
     return resample(x.mean(axis=1).astype(np.float32), sr, rate)
 
 
-def write_audio_atomic(path: str, x: np.ndarray, sr: int, subtype: str | None = None) -> None:
-    """Write to a temporary file beside ``path`` and rename: never a truncated output."""
-    import soundfile as sf
+def to_int16(x: np.ndarray) -> np.ndarray:
+    """Float samples -> int16: ``x * 32768`` rounded to nearest (ties to even), clipped to [-32768, 32767].
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    ext = os.path.splitext(path)[1].lower()
-    fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(ext)
-    if fmt is None:
-        raise AudioError(f"{path}: unknown output format {ext!r} (use {', '.join(EXTENSIONS)})")
-    if subtype is not None and not sf.check_format(fmt, subtype):
-        subtype = None
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        sf.write(tmp, np.clip(x, -1.0, 1.0), sr, format=fmt, subtype=subtype)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    The one rounding rule of every int16 output: files (PCM_16), raw PCM on stdout, the daemon.
+    """
+    return np.clip(np.round(np.asarray(x) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def _to_int32_left(bits: int):
+    """The same rule at another PCM width, left-justified in int32 as libsndfile takes it (exact)."""
+    full = float(2 ** (bits - 1))
+
+    def convert(x: np.ndarray) -> np.ndarray:
+        q = np.clip(np.round(np.asarray(x, np.float64) * full), -full, full - 1)
+        return (q * 2.0 ** (32 - bits)).astype(np.int32)
+
+    return convert
+
+
+PCM_WRITERS = {"PCM_16": to_int16, "PCM_24": _to_int32_left(24), "PCM_32": _to_int32_left(32),
+               "PCM_S8": _to_int32_left(8), "PCM_U8": _to_int32_left(8)}
+"""Integer subtypes: samples are rounded here and written as integers, so libsndfile does not truncate."""
+
+
+def pcm_for_subtype(subtype: str | None):
+    """float (frames, channels) -> the array to write for ``subtype``: rounded integers, else floats clipped to
+    [-1, 1] (float and compressed subtypes)."""
+    return PCM_WRITERS.get(subtype or "", lambda y: np.clip(y, -1.0, 1.0))
 
 
 def pcm16_to_float(data: bytes) -> np.ndarray:
@@ -81,5 +85,5 @@ def pcm16_to_float(data: bytes) -> np.ndarray:
 
 
 def float_to_pcm16(y: np.ndarray) -> bytes:
-    """float samples -> s16le bytes: clipped to the int16 range and rounded (the CLI and the daemon agree)."""
-    return (np.clip(y, -1, 1 - 1 / 32768) * 32768).round().astype("<i2").tobytes()
+    """float samples -> s16le bytes by ``to_int16`` (files, raw PCM and the daemon agree sample for sample)."""
+    return to_int16(y).astype("<i2", copy=False).tobytes()

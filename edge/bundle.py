@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from io import BytesIO
 from types import MappingProxyType
@@ -94,13 +95,40 @@ class Bundle:
         raise BundleError(f"{os.path.join(self.path, MANIFEST)}: no submodel named {name!r}")
 
 
+MAX_MANIFEST_BYTES = 1 << 20
+"""A manifest is a few kB; anything this large is not one (and is not read whole)."""
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
 def _require(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(obj, dict):
+        raise BundleError(f"{where}: should be an object, got {obj!r:.60}")
     if key not in obj:
         raise BundleError(f"{where}: missing key {key!r}")
     value = obj[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise BundleError(f"{where}: {key!r} should be {getattr(kind, '__name__', kind)}, got {value!r}")
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple)
+                                                                                else (kind,))):
+        raise BundleError(f"{where}: {key!r} should be {_kind_name(kind)}, got {value!r:.60}")
     return value
+
+
+def _positive(obj: Mapping[str, Any], key: str, where: str) -> int:
+    value = _require(obj, key, int, where)
+    if value < 1:
+        raise BundleError(f"{where}: {key!r} should be an integer >= 1, got {value!r}")
+    return value
+
+
+def _shape(obj: Mapping[str, Any], where: str) -> tuple[int, ...]:
+    shape = _require(obj, "shape", list, where)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+        raise BundleError(f"{where}: 'shape' should be a list of integers >= 1, got {shape!r:.60}")
+    return tuple(shape)
 
 
 def _tensor(d: Mapping[str, Any], where: str) -> TensorSpec:
@@ -109,24 +137,45 @@ def _tensor(d: Mapping[str, Any], where: str) -> TensorSpec:
     dtype = _require(d, "dtype", str, where)
     if dtype not in DTYPES:
         raise BundleError(f"{where}: unknown dtype {dtype!r}")
-    shape = _require(d, "shape", list, where)
-    return TensorSpec(name=name, tensor=_require(d, "tensor", str, where), shape=tuple(int(s) for s in shape),
-                      dtype=dtype, scale=float(d.get("scale", 0.0)), zero_point=int(d.get("zero_point", 0)))
+    scale = _require(d, "scale", (int, float), where) if "scale" in d else 0.0
+    zero_point = _require(d, "zero_point", int, where) if "zero_point" in d else 0
+    if not (np.isfinite(scale) and scale >= 0):
+        raise BundleError(f"{where}: 'scale' should be a finite number >= 0, got {scale!r}")
+    return TensorSpec(name=name, tensor=_require(d, "tensor", str, where), shape=_shape(d, where),
+                      dtype=dtype, scale=float(scale), zero_point=zero_point)
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_checked(path: str, fname: str, want: str, where: str) -> bytes:
-    fpath = os.path.join(path, fname)
-    if os.path.basename(fname) != fname:
-        raise BundleError(f"{where}: file {fname!r} must be a plain name inside the bundle folder")
+def _read_regular(fpath: str, limit: int | None = None) -> bytes:
+    """The bytes of a regular file (not a folder, fifo or device: those would fail or hang), at most ``limit``."""
     try:
-        with open(fpath, "rb") as f:
-            content = f.read()
+        fd = os.open(fpath, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise BundleError(f"{fpath}: cannot read ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{fpath}: not a regular file")
+        if limit is not None and st.st_size > limit:
+            raise BundleError(f"{fpath}: {st.st_size} bytes, expected at most {limit}")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise BundleError(f"{fpath}: cannot read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+def _read_checked(path: str, fname: str, want: str, where: str) -> bytes:
+    if os.path.basename(fname) != fname or fname in ("", ".", ".."):
+        raise BundleError(f"{where}: file {fname!r} must be a plain name inside the bundle folder")
+    fpath = os.path.join(path, fname)
+    content = _read_regular(fpath)
     got = sha256_bytes(content)
     if got != want:
         raise BundleError(f"{fpath}: sha256 mismatch: manifest says {want}, file has {got}")
@@ -141,83 +190,111 @@ def _array(path: str, ad: Mapping[str, Any], where: str) -> np.ndarray:
         a = np.load(BytesIO(content), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise BundleError(f"{os.path.join(path, fname)}: not a numpy .npy array ({exc})") from None
-    shape = tuple(int(s) for s in _require(ad, "shape", list, where))
+    shape = _shape(ad, where)
     dtype = _require(ad, "dtype", str, where)
-    if a.shape != shape or a.dtype.name != dtype:
-        raise BundleError(f"{os.path.join(path, fname)}: holds {a.dtype.name}{list(a.shape)}, manifest says "
-                          f"{dtype}{list(shape)}")
+    if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype.name != dtype:
+        raise BundleError(f"{os.path.join(path, fname)}: holds {getattr(a, 'dtype', type(a).__name__)}"
+                          f"{list(getattr(a, 'shape', ()))}, manifest says {dtype}{list(shape)}")
+    if a.dtype.kind != "f" or not np.isfinite(a).all():
+        raise BundleError(f"{os.path.join(path, fname)}: expected finite float values, got {a.dtype.name}")
     a = a.astype(np.float32)
     a.flags.writeable = False
     return a
 
 
-def load_bundle(path: str | os.PathLike[str]) -> Bundle:
-    """Read and verify a bundle folder: manifest, files, checksums, and every tensor.
-
-    Raises BundleError naming the file and the mismatch.
-    """
-    path = os.fspath(path)
+def _read_manifest(path: str) -> tuple[bytes, dict[str, Any]]:
+    """(raw bytes, parsed object) of a bundle's manifest, or BundleError."""
     mpath = os.path.join(path, MANIFEST)
     if not os.path.isdir(path):
         raise BundleError(f"{path}: no such bundle folder (expected a folder holding {MANIFEST})")
+    if not os.path.lexists(mpath):
+        raise BundleError(f"{mpath}: missing; a bundle folder needs its manifest")
+    raw = _read_regular(mpath, MAX_MANIFEST_BYTES)
     try:
-        with open(mpath, "rb") as f:
-            raw = f.read()
         m = json.loads(raw)
-    except FileNotFoundError:
-        raise BundleError(f"{mpath}: missing; a bundle folder needs its manifest") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{mpath}: not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise BundleError(f"{mpath}: not valid JSON ({str(exc) or exc.__class__.__name__})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise BundleError(f"{mpath}: not an edge-denoise manifest (expected \"format\": \"{FORMAT}\")")
-    if m.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{mpath}: format_version {m.get('format_version')!r}, this runtime reads {FORMAT_VERSION}")
+    if m.get("format_version") != FORMAT_VERSION or isinstance(m.get("format_version"), bool):
+        raise BundleError(f"{mpath}: format_version {m.get('format_version')!r:.40}, this runtime reads "
+                          f"{FORMAT_VERSION}")
+    return raw, m
+
+
+def _framing(m: Mapping[str, Any], mpath: str) -> dict[str, Any]:
+    """Rate, block, shift, window and latency, checked against each other (the family checks its own values)."""
     window = _require(m, "window", str, mpath)
     if window not in WINDOWS:
         raise BundleError(f"{mpath}: unknown window {window!r} (known: {', '.join(WINDOWS)})")
-    block_len = _require(m, "block_len", int, mpath)
-    block_shift = _require(m, "block_shift", int, mpath)
-    if not 0 < block_shift <= block_len:
+    block_len = _positive(m, "block_len", mpath)
+    block_shift = _positive(m, "block_shift", mpath)
+    if block_shift > block_len:
         raise BundleError(f"{mpath}: block_shift {block_shift} must be in 1..block_len ({block_len})")
-    subs = []
-    for i, sd in enumerate(_require(m, "submodels", list, mpath)):
-        where = f"{mpath} submodels[{i}]"
-        fname = _require(sd, "file", str, where)
-        want = _require(sd, "sha256", str, where)
-        content = _read_checked(path, fname, want, where)
-        inputs = tuple(_tensor(t, f"{where} input") for t in _require(sd, "inputs", list, where))
-        outputs = tuple(_tensor(t, f"{where} output") for t in _require(sd, "outputs", list, where))
-        in_names = {t.name for t in inputs}
-        out_names = {t.name for t in outputs}
-        states = tuple((str(k), str(v)) for k, v in _require(sd, "states", dict, where).items())
-        for s_in, s_out in states:
-            if s_in not in in_names or s_out not in out_names:
-                raise BundleError(f"{where}: state pair {s_in} -> {s_out} names a tensor that is not listed")
-        data_in = _require(sd, "data_input", str, where)
-        data_out = _require(sd, "data_output", str, where)
-        if data_in not in in_names or data_out not in out_names:
-            raise BundleError(f"{where}: data_input/data_output {data_in!r}/{data_out!r} not among the tensors")
-        subs.append(SubmodelSpec(name=_require(sd, "name", str, where), file=fname, sha256=want, inputs=inputs,
-                                 outputs=outputs, data_input=data_in, data_output=data_out, states=states,
-                                 content=content))
+    latency = _require(m, "latency_samples", int, mpath)
+    if latency != block_len - block_shift:
+        raise BundleError(f"{mpath}: latency_samples {latency} does not match the framing: block_len - block_shift "
+                          f"= {block_len - block_shift}")
+    return {"sample_rate": _positive(m, "sample_rate", mpath), "block_len": block_len, "block_shift": block_shift,
+            "window": window, "latency_samples": latency}
+
+
+def _submodel(path: str, sd: Any, where: str) -> SubmodelSpec:
+    fname = _require(sd, "file", str, where)
+    want = _require(sd, "sha256", str, where)
+    content = _read_checked(path, fname, want, where)
+    inputs = tuple(_tensor(t, f"{where} input") for t in _require(sd, "inputs", list, where))
+    outputs = tuple(_tensor(t, f"{where} output") for t in _require(sd, "outputs", list, where))
+    in_names = {t.name for t in inputs}
+    out_names = {t.name for t in outputs}
+    if len(in_names) != len(inputs) or len(out_names) != len(outputs):
+        raise BundleError(f"{where}: a tensor name is listed twice")
+    states = tuple(_require(sd, "states", dict, where).items())
+    for s_in, s_out in states:
+        if not isinstance(s_out, str) or s_in not in in_names or s_out not in out_names:
+            raise BundleError(f"{where}: state pair {s_in} -> {str(s_out):.40} names a tensor that is not listed")
+    data_in = _require(sd, "data_input", str, where)
+    data_out = _require(sd, "data_output", str, where)
+    if data_in not in in_names or data_out not in out_names:
+        raise BundleError(f"{where}: data_input/data_output {data_in!r}/{data_out!r} not among the tensors")
+    return SubmodelSpec(name=_require(sd, "name", str, where), file=fname, sha256=want, inputs=inputs,
+                        outputs=outputs, data_input=data_in, data_output=data_out, states=states, content=content)
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Read and verify a bundle folder: manifest (types and meaning), files, checksums, and every tensor.
+
+    Every failure is a BundleError naming the file and the mismatch.
+    """
+    path = os.fspath(path)
+    mpath = os.path.join(path, MANIFEST)
+    raw, m = _read_manifest(path)
+    framing = _framing(m, mpath)
+    subs = [_submodel(path, sd, f"{mpath} submodels[{i}]")
+            for i, sd in enumerate(_require(m, "submodels", list, mpath))]
     if not subs:
         raise BundleError(f"{mpath}: no submodels")
     arrays = {}
     for i, ad in enumerate(_require(m, "arrays", list, mpath) if "arrays" in m else []):
         where = f"{mpath} arrays[{i}]"
         arrays[_require(ad, "name", str, where)] = _array(path, ad, where)
+    for key in ("name", "quantization"):
+        if key in m:
+            _require(m, key, str, mpath)
+    runtimes = _require(m, "runtimes", list, mpath) if "runtimes" in m else []
+    if not all(isinstance(r, str) for r in runtimes):
+        raise BundleError(f"{mpath}: 'runtimes' should be a list of strings, got {runtimes!r:.60}")
     bundle = Bundle(
-        path=path, name=str(m.get("name", os.path.basename(os.path.abspath(path)))),
-        family=_require(m, "family", str, mpath), sample_rate=_require(m, "sample_rate", int, mpath),
-        block_len=block_len, block_shift=block_shift, window=window,
-        latency_samples=_require(m, "latency_samples", int, mpath),
-        quantization=str(m.get("quantization", "none")),
-        family_options=MappingProxyType(dict(m.get("family_options", {}))),
+        path=path, name=m.get("name", os.path.basename(os.path.abspath(path))),
+        family=_require(m, "family", str, mpath), **framing,
+        quantization=m.get("quantization", "none"),
+        family_options=MappingProxyType(dict(_require(m, "family_options", dict, mpath) if "family_options" in m
+                                             else {})),
         submodels=tuple(subs), manifest=MappingProxyType(m), sha256=sha256_bytes(raw),
         arrays=MappingProxyType(arrays))
     from .families import family_class  # families import bundle
 
-    family_class(bundle)  # unknown family -> BundleError
+    family_class(bundle)  # unknown family, or a manifest the family cannot run -> BundleError
     check_runtime(bundle)
     for sm in subs:
         check_interpreter(bundle, sm)
@@ -280,6 +357,7 @@ def check_interpreter(bundle: Bundle, sm: SubmodelSpec, interp: Any = None) -> d
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise BundleError(f"{fpath}: {pkg.name} {pkg.version} cannot load it ({first}){hint}") from None
     found = {d["name"]: d for d in interp.get_input_details()}
+    inputs = set(found)
     found.update({d["name"]: d for d in interp.get_output_details()})
     index = {}
     for spec in sm.inputs + sm.outputs:
@@ -297,4 +375,8 @@ def check_interpreter(bundle: Bundle, sm: SubmodelSpec, interp: Any = None) -> d
             raise BundleError(f"{fpath}: tensor {spec.name!r} quantisation is scale={scale} zero_point={zp} in "
                               f"the model, manifest says scale={spec.scale} zero_point={spec.zero_point}")
         index[spec.name] = int(d["index"])
+    unfed = sorted(inputs - {sm.input(sm.data_input).tensor} - {sm.input(s_in).tensor for s_in, _ in sm.states})
+    if unfed:
+        raise BundleError(f"{fpath}: model inputs {unfed} are neither the manifest's data input nor in a state pair "
+                          "(they would stay zero)")
     return index

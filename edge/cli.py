@@ -6,11 +6,83 @@ import argparse
 import importlib
 import logging
 import sys
+from dataclasses import dataclass
 
+from .bundle import Bundle, load_bundle
 from .errors import EdgeError
+from .options import Options
 
 # module -> each defines register(subparsers); a subcommand's handler returns the exit code.
 SUBCOMMAND_MODULES = ("edge.cmd_denoise", "edge.evaluate", "edge.daemon", "edge.live", "edge.profile")
+
+
+def _threads(text: str) -> int:
+    """``--threads``: the one place the CLI checks it (argparse turns the error into exit 2)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return v
+
+
+def add_model_options(p: argparse.ArgumentParser, several: bool = False) -> None:
+    """``--model``, ``--threads``, ``--xnnpack`` on a subcommand that runs a bundle (read back by ``ModelOptions``).
+
+    ``several``: ``--model`` may be repeated (``profile`` measures several bundles in one run).
+    """
+    if several:
+        p.add_argument("--model", "-m", metavar="DIR", action="append", default=None,
+                       help="bundle folder; repeat to measure several in one interleaved run "
+                            "(default: $EDGE_DENOISE_MODEL, else the shipped dtln-16k bundle)")
+    else:
+        p.add_argument("--model", "-m", metavar="DIR", default=None,
+                       help="bundle folder (default: $EDGE_DENOISE_MODEL, else the shipped dtln-16k bundle)")
+    p.add_argument("--threads", type=_threads, default=1, help="interpreter threads per stream (default: 1)")
+    p.add_argument("--xnnpack", action=argparse.BooleanOptionalAction, default=True,
+                   help="use the XNNPACK delegate (default: on)")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What ``add_model_options`` parsed: which bundle(s), and how to run them. The core never sees argparse."""
+
+    models: tuple[str, ...]
+    """Bundle folders as given; empty = the default bundle."""
+    threads: int = 1
+    """Interpreter threads per stream."""
+    xnnpack: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ModelOptions:
+        given = args.model if isinstance(args.model, list) else [args.model] if args.model else []
+        return cls(models=tuple(given), threads=args.threads, xnnpack=args.xnnpack)
+
+    @property
+    def options(self) -> Options:
+        return Options(num_threads=self.threads, xnnpack=self.xnnpack)
+
+    def paths(self) -> list[str]:
+        """The bundle folders to run: as given, else the default one."""
+        if self.models:
+            return list(self.models)
+        from .cmd_denoise import default_model
+
+        return [default_model()]
+
+    def load(self) -> Bundle:
+        """The one bundle of a single-model command, loaded and verified (BundleError otherwise)."""
+        paths = self.paths()
+        if len(paths) != 1:
+            raise EdgeError(f"expected one --model, got {len(paths)}")
+        return load_bundle(paths[0])
+
+
+def model_and_options(args: argparse.Namespace) -> tuple[Bundle, Options]:
+    """(loaded bundle, stream options) from a subcommand's parsed model options."""
+    chosen = ModelOptions.from_args(args)
+    return chosen.load(), chosen.options
 
 
 def build_parser() -> argparse.ArgumentParser:

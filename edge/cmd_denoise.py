@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -10,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import EXTENSIONS, fit_length, float_to_pcm16, pcm16_to_float, read_audio, resample, write_audio_atomic
-from .bundle import Bundle, load_bundle
-from .errors import AudioError, BundleError, EdgeError
+from .audio import EXTENSIONS, fit_length, float_to_pcm16, pcm16_to_float, resample
+from .bundle import Bundle
+from .cli import add_model_options, model_and_options  # edge/daemon.py still imports them from here
+from .errors import AudioError, BundleError
+from .files import denoise_file, remove_stale_temps
 from .options import Options
-from .stream import StreamingDenoiser
+from .stream import AlignedStream
 
 SHIPPED = ("pretrained_model/dtln-16k/dynamic", "pretrained_model/dtln-16k/float32",
            "pretrained_model/dtln-16k-int8/int8")
@@ -31,20 +32,6 @@ def default_model() -> str:
                 return str(base / rel)
     raise BundleError("no --model given and no shipped bundle found (looked for " + ", ".join(SHIPPED)
                       + "); pass --model DIR or set EDGE_DENOISE_MODEL")
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", metavar="DIR", default=None,
-                   help="bundle folder (default: $EDGE_DENOISE_MODEL, else the shipped dtln-16k bundle)")
-    p.add_argument("--threads", type=int, default=1, help="interpreter threads per stream (default: 1)")
-    p.add_argument("--xnnpack", action=argparse.BooleanOptionalAction, default=True,
-                   help="use the XNNPACK delegate (default: on)")
-
-
-def model_and_options(args) -> tuple[Bundle, Options]:
-    if args.threads < 1:
-        raise EdgeError(f"--threads must be >= 1, got {args.threads}")
-    return load_bundle(args.model or default_model()), Options(num_threads=args.threads, xnnpack=args.xnnpack)
 
 
 def register(sub) -> None:
@@ -64,27 +51,18 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-class _Channels:
-    """One StreamingDenoiser per channel, fed at the model rate."""
-
-    def __init__(self, bundle: Bundle, options: Options, channels: int):
-        self.dens = [StreamingDenoiser(bundle, options) for _ in range(channels)]
-
-    def offline(self, x: np.ndarray) -> np.ndarray:
-        """(frames, channels) at the model rate -> same shape, delay compensated."""
-        out = np.empty_like(x, dtype=np.float32)
-        lat = self.dens[0].latency_samples
-        for c, den in enumerate(self.dens):
-            y = np.concatenate([den.process(np.ascontiguousarray(x[:, c])), den.flush()])
-            out[:, c] = y[lat:lat + len(x)]
-        return out
-
-
 def denoise_array(x: np.ndarray, sr: int, bundle: Bundle, options: Options) -> np.ndarray:
-    """(frames, channels) float32 at any rate -> denoised, same shape and rate."""
-    rate = bundle.sample_rate
-    y = _Channels(bundle, options, x.shape[1]).offline(resample(x, sr, rate).reshape(-1, x.shape[1]))
-    return fit_length(resample(y, rate, sr).reshape(-1, x.shape[1]), len(x))
+    """(frames, channels) float32 at any rate -> denoised, same shape and rate, the whole signal in memory.
+
+    The reference for the streamed file path (``edge.files.denoise_file``), which it equals.
+    """
+    rate, ch = bundle.sample_rate, x.shape[1]
+    xr = resample(x, sr, rate).reshape(-1, ch)
+    y = np.empty_like(xr, dtype=np.float32)
+    for c in range(ch):
+        stream = AlignedStream(bundle, options)
+        y[:, c] = np.concatenate([stream.process(np.ascontiguousarray(xr[:, c])), stream.flush()])
+    return fit_length(resample(y, rate, sr).reshape(-1, ch), len(x))
 
 
 def _plan(inputs: list[str], output: str | None) -> list[tuple[Path, Path]]:
@@ -105,11 +83,16 @@ def _plan(inputs: list[str], output: str | None) -> list[tuple[Path, Path]]:
             pairs.append((src, out if single else out / src.name))
         else:
             raise AudioError(f"{src}: no such file or folder")
+    taken: dict[Path, Path] = {}
     for src, dst in pairs:
         if dst.suffix.lower() not in EXTENSIONS:
             raise AudioError(f"{dst}: output must end in {', '.join(EXTENSIONS)}")
         if dst.resolve() == src.resolve():
             raise AudioError(f"{dst}: output would overwrite its input; choose another -o")
+        first = taken.setdefault(dst.resolve(), src)
+        if first != src:
+            raise AudioError(f"{first} and {src} would both be written to {dst}; rename one or denoise them "
+                             "in separate runs (nothing was written)")
     return pairs
 
 
@@ -121,6 +104,9 @@ def run(args) -> int:
     pairs = _plan(args.inputs, args.output)
     bundle, options = model_and_options(args)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    for folder in sorted({dst.parent for _, dst in pairs}):
+        for stale in remove_stale_temps(folder):
+            say(f"removed {stale}: a partial output left by an interrupted run")
     failed = skipped = 0
     audio_s = wall_s = 0.0
     for k, (src, dst) in enumerate(pairs, 1):
@@ -129,19 +115,17 @@ def run(args) -> int:
             say(f"[{k}/{len(pairs)}] {src} -> {dst}: exists, skipped (--overwrite to redo)")
             continue
         try:
-            x, sr, subtype = read_audio(str(src))
             t0 = time.perf_counter()
-            y = denoise_array(x, sr, bundle, options)
+            frames, ch, sr = denoise_file(src, dst, bundle, options)
             dt = time.perf_counter() - t0
-            write_audio_atomic(str(dst), y, sr, subtype)
         except (AudioError, OSError) as exc:
             failed += 1
             print(f"edge-denoise denoise: error: {exc}", file=sys.stderr)
             continue
-        audio_s += len(x) / sr
+        audio_s += frames / sr
         wall_s += dt
-        say(f"[{k}/{len(pairs)}] {src} -> {dst} ({len(x) / sr:.1f} s, {x.shape[1]} ch, {sr} Hz, "
-            f"real-time factor {dt / (len(x) / sr):.3f})")
+        say(f"[{k}/{len(pairs)}] {src} -> {dst} ({frames / sr:.1f} s, {ch} ch, {sr} Hz, "
+            f"real-time factor {dt / (frames / sr):.3f})")
     if not args.quiet and audio_s:
         say(f"done: {len(pairs) - failed - skipped} written, {skipped} skipped, {failed} failed; "
             f"{audio_s:.1f} s of audio in {wall_s:.2f} s (real-time factor {wall_s / audio_s:.3f}), "
@@ -159,24 +143,15 @@ def _run_raw(args) -> int:
     if args.channels < 1:
         raise AudioError(f"--channels must be >= 1, got {args.channels}")
     ch = args.channels
-    stream = _Channels(bundle, options, ch)
-    lat = stream.dens[0].latency_samples
+    streams = [AlignedStream(bundle, options) for _ in range(ch)]
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     frame_bytes = 2 * ch
     pending = b""
-    to_drop = lat
-    total_in = total_out = 0
 
-    def emit(y: np.ndarray) -> None:
-        nonlocal to_drop, total_out
-        if to_drop:
-            cut = min(to_drop, len(y))
-            y, to_drop = y[cut:], to_drop - cut
-        y = y[: max(0, total_in - total_out)]
-        if len(y):
-            out.write(float_to_pcm16(y))
+    def emit(ys: list[np.ndarray]) -> None:
+        if len(ys[0]):
+            out.write(float_to_pcm16(np.stack(ys, axis=1)))
             out.flush()  # a pipe to a live consumer must not wait for 8 KB
-            total_out += len(y)
 
     while True:
         chunk = inp.read1(8192) if hasattr(inp, "read1") else inp.read(8192)
@@ -188,12 +163,10 @@ def _run_raw(args) -> int:
             continue
         x = pcm16_to_float(pending[: n * frame_bytes]).reshape(n, ch)
         pending = pending[n * frame_bytes:]
-        total_in += n
-        ys = [den.process(np.ascontiguousarray(x[:, c])) for c, den in enumerate(stream.dens)]
-        emit(np.stack(ys, axis=1))
+        emit([s.process(np.ascontiguousarray(x[:, c])) for c, s in enumerate(streams)])
     if pending:
         print(f"edge-denoise denoise: warning: {len(pending)} trailing bytes do not make a whole frame; ignored",
               file=sys.stderr)
-    emit(np.stack([den.flush() for den in stream.dens], axis=1))
+    emit([s.flush() for s in streams])
     out.flush()
     return 0

@@ -40,7 +40,7 @@ def scores(clean: np.ndarray, est: np.ndarray) -> dict[str, float]:
 
 
 def register(sub) -> None:
-    from .cmd_denoise import add_model_options
+    from .cli import add_model_options
 
     p = sub.add_parser("eval", help="score a bundle on clean/noisy folder pairs (PESQ-WB, STOI, SI-SDR)",
                        description="Denoise every file of --noisy with the bundle and score it against the "
@@ -113,7 +113,7 @@ def table(result: dict) -> str:
 
 
 def run(args) -> int:
-    from .cmd_denoise import model_and_options
+    from .cli import model_and_options
 
     pairs = _pairs(args.clean, args.noisy)
     bundle, options = model_and_options(args)

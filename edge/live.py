@@ -256,7 +256,7 @@ def _device(text: str | None) -> int | str | None:
 
 
 def register(sub) -> None:
-    from .cmd_denoise import add_model_options
+    from .cli import add_model_options
 
     p = sub.add_parser("live", help="denoise a live input device to an output device (a virtual microphone)",
                        description="Microphone -> denoiser -> output device through PortAudio (sounddevice), e.g. "
@@ -418,7 +418,7 @@ def run(args) -> int:
     if args.list_devices:
         print(sd.query_devices())
         return 0
-    from .cmd_denoise import model_and_options
+    from .cli import model_and_options
 
     if args.blocksize < 0 or args.channels < 1:
         raise LiveError(f"expected --blocksize >= 0 and --channels >= 1, got {args.blocksize} and {args.channels}")

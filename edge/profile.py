@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import math
@@ -17,12 +16,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from .bundle import Bundle, load_bundle
+from .cli import ModelOptions, add_model_options
 from .errors import AudioError, EdgeError
 from .options import Options
+from .profile_report import SCHEMA, SCHEMA_VERSION, load_profiles, render_markdown, render_png
 from .stream import StreamingDenoiser
 
-SCHEMA = "edge-denoise-profile"
-SCHEMA_VERSION = 1
 DEFAULT_AUDIO = Path(__file__).resolve().parents[1] / "examples" / "p232_013_noisy.wav"
 # Stage names besides the submodels (which go by their manifest names, in call order).
 FRAMING = "framing_rfft"
@@ -379,91 +378,6 @@ def format_table(prof: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# reports across devices
-def load_profiles(paths: Sequence[str]) -> list[dict[str, Any]]:
-    """Read profile JSON files; a file that is not one raises EdgeError naming it."""
-    profiles = []
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                prof = json.load(f)
-        except OSError as exc:
-            raise EdgeError(f"{path}: cannot read ({exc.strerror})") from None
-        except json.JSONDecodeError as exc:
-            raise EdgeError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(prof, dict) or prof.get("schema") != SCHEMA:
-            raise EdgeError(f"{path}: not an edge-denoise profile (expected \"schema\": \"{SCHEMA}\")")
-        if prof.get("schema_version") != SCHEMA_VERSION:
-            raise EdgeError(f"{path}: schema_version {prof.get('schema_version')!r}, this reads {SCHEMA_VERSION}")
-        profiles.append(prof)
-    return profiles
-
-
-def report_rows(profiles: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per device x bundle, in file order."""
-    rows = []
-    for prof in profiles:
-        dev = prof["device"]
-        for rec in prof["bundles"]:
-            st = rec["uninstrumented_ms"]
-            rows.append({"device": dev["label"], "runtime": f"{dev['interpreter']} {dev['interpreter_version']}",
-                         "threads": dev["threads"], "bundle": rec["name"], "quantization": rec["quantization"],
-                         "sha": rec["sha256"][:8], "p50": st["p50"], "p99": st["p99"], "max": st["max"],
-                         "rtf": rec["rtf"], "budget_p99": rec["budget_share"]["p99"],
-                         "misses": rec["deadline_misses"], "blocks": rec["blocks"], "budget_ms": rec["budget_ms"]})
-    return rows
-
-
-def render_markdown(profiles: Sequence[dict[str, Any]]) -> str:
-    """Markdown table (device x bundle: p50/p99 ms per block, RTF, budget share) and the commands."""
-    out = ["| device | runtime, threads | bundle | p50 ms/block | p99 ms/block | real-time factor | "
-           "budget used (p99) | deadline misses |",
-           "|---|---|---|---|---|---|---|---|"]
-    for r in report_rows(profiles):
-        out.append(f"| {r['device']} | {r['runtime']}, {r['threads']} | {r['bundle']} ({r['quantization']}, "
-                   f"{r['sha']}) | {r['p50']:.3f} | {r['p99']:.3f} | {r['rtf']:.4f} | {100 * r['budget_p99']:.2f}% "
-                   f"of {r['budget_ms']:.3g} ms | {r['misses']} / {r['blocks']} |")
-    out.append("")
-    out.append("Block times are whole `process()` calls of one block shift each, without the per-stage timers, "
-               "after warm-up; the bundles of one file ran interleaved in one process. Produced by:")
-    out.append("")
-    for prof in profiles:
-        dev = prof["device"]
-        out.append(f"- {dev['label']}, {dev['os']}, Python {dev['python']}, numpy {dev['numpy']}, "
-                   f"{prof['settings']['interleave']}, {prof['created']}: "
-                   f"`{prof.get('command') or 'edge-denoise profile'}`")
-    return "\n".join(out) + "\n"
-
-
-def render_png(profiles: Sequence[dict[str, Any]], path: str) -> None:
-    """Bar chart of p50 and p99 ms per block for each device x bundle (needs matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = report_rows(profiles)
-    labels = [f"{r['device']}\n{r['bundle']} ({r['quantization']})" for r in rows]
-    y = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.6 * len(rows)))
-    ax.barh(y - 0.2, [r["p50"] for r in rows], height=0.4, label="p50")
-    ax.barh(y + 0.2, [r["p99"] for r in rows], height=0.4, label="p99")
-    for budget in sorted({r["budget_ms"] for r in rows}):
-        ax.axvline(budget, color="k", linestyle="--", linewidth=1)
-        ax.text(budget, 0.98, f"deadline {budget:.3g} ms ", ha="right", va="top", fontsize=8,
-                transform=ax.get_xaxis_transform())
-    ax.set_xscale("log")
-    ax.set_yticks(y, labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("ms per block (log scale)")
-    ax.legend(loc="lower right")
-    ax.set_title("edge-denoise profile: time per block")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------------
 # command line
 def register(sub) -> None:
     p = sub.add_parser(
@@ -471,9 +385,7 @@ def register(sub) -> None:
         description="Measure bundles block by block (interleaved, after warm-up): per stage mean/p50/p95/p99/max "
                     "in ms per block, real-time factor, share of the block-shift budget and deadline misses, "
                     "with the device facts. With --report, render saved profiles as a markdown table.")
-    p.add_argument("--model", "-m", metavar="DIR", action="append", default=None,
-                   help="bundle folder; repeat to measure several in one interleaved run "
-                        "(default: $EDGE_DENOISE_MODEL, else the shipped dtln-16k bundle)")
+    add_model_options(p, several=True)
     p.add_argument("--seconds", type=float, default=20.0,
                    help="audio measured per bundle after warm-up, seconds (default: 20)")
     p.add_argument("--warmup", type=int, default=100, metavar="BLOCKS",
@@ -481,9 +393,6 @@ def register(sub) -> None:
     p.add_argument("--interleave", type=float, default=1.0, metavar="SECONDS",
                    help="audio each stream runs per turn, seconds; 0 = one block per turn, which also measures "
                         "cold caches (default: 1)")
-    p.add_argument("--threads", type=int, default=1, help="interpreter threads per stream (default: 1)")
-    p.add_argument("--xnnpack", action=argparse.BooleanOptionalAction, default=True,
-                   help="use the XNNPACK delegate (default: on)")
     p.add_argument("--audio", metavar="FILE", default=None,
                    help="recording to feed, looped and resampled to each bundle's rate "
                         "(default: examples/p232_013_noisy.wav)")
@@ -549,17 +458,11 @@ def run(args) -> int:
         return 0
     if args.png or args.markdown:
         raise EdgeError("--png and --markdown go with --report FILE...")
-    if args.threads < 1:
-        raise EdgeError(f"--threads must be >= 1, got {args.threads}")
     if args.noise and args.audio:
         raise EdgeError("--noise and --audio exclude each other")
-    if args.model:
-        models = args.model
-    else:
-        from .cmd_denoise import default_model
-
-        models = [default_model()]
-    options = Options(num_threads=args.threads, xnnpack=args.xnnpack)
+    chosen = ModelOptions.from_args(args)
+    models = chosen.paths()
+    options = chosen.options
     prof = profile(models, options, args.seconds, args.warmup, args.audio, args.noise, args.label,
                    _command(args, models), args.interleave)
     if args.json:

@@ -43,10 +43,22 @@ def check_audio(x: object, sample_rate: int, given_rate: int | None = None) -> n
         raise AudioError(f"expected 1-D float32 audio in [-1, 1] at {sample_rate} Hz, got shape {x.shape} "
                          f"dtype {x.dtype}" + (" (scale integer PCM by 1/32768 first)" if x.dtype.kind in "iu"
                                                else ""))
-    if x.size and not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x))[0])
-        raise AudioError(f"audio holds NaN or Inf (first at sample {bad}); expected finite samples in [-1, 1]")
+    if x.size:
+        peak = float(np.max(np.abs(x)))  # NaN propagates, so one reduction checks both
+        if not peak <= 1.0:
+            raise AudioError(_range_message(x, peak))
     return x
+
+
+def _range_message(x: np.ndarray, peak: float) -> str:
+    """Why a chunk with a NaN, an Inf or a sample beyond full scale is refused."""
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x))[0])
+        return f"audio holds NaN or Inf (first at sample {bad}); expected finite samples in [-1, 1]"
+    at = int(np.argmax(np.abs(x)))
+    return (f"audio peaks at {peak:.6g} (sample {at}, {20 * np.log10(peak):.1f} dB over full scale); expected "
+            "float samples in [-1, 1]: scale it down first (the model would see a level it never met, and "
+            "clipping it here would distort it)")
 
 
 class StreamingDenoiser:
@@ -171,10 +183,68 @@ class StreamingDenoiser:
         self._family.reset()
 
 
+class AlignedStream:
+    """A delay-compensated stream: output sample ``k`` belongs to input sample ``k``.
+
+    Wraps one :class:`StreamingDenoiser`; the first ``latency_samples`` of its output (the algorithmic
+    delay) are dropped here, and ``flush()`` returns the rest so that the total output length equals
+    the total input length. Every caller that wants aligned audio (files, raw PCM, the daemon, the
+    converter's verification) uses this instead of trimming by itself.
+    """
+
+    def __init__(self, bundle: Bundle | str | os.PathLike[str], options: Options | None = None):
+        self._den = StreamingDenoiser(bundle, options)
+        self._to_drop = self._den.latency_samples
+        self._pending = 0
+        """Input samples given whose output has not been returned yet."""
+
+    @property
+    def bundle(self) -> Bundle:
+        return self._den.bundle
+
+    @property
+    def sample_rate(self) -> int:
+        return self._den.sample_rate
+
+    @property
+    def block_shift(self) -> int:
+        return self._den.block_shift
+
+    @property
+    def latency_samples(self) -> int:
+        """The model's delay, already compensated here (the wall-clock delay of ``process``)."""
+        return self._den.latency_samples
+
+    def _aligned(self, y: np.ndarray) -> np.ndarray:
+        if self._to_drop:
+            cut = min(self._to_drop, len(y))
+            y, self._to_drop = y[cut:], self._to_drop - cut
+        y = y[: self._pending]
+        self._pending -= len(y)
+        return y
+
+    def process(self, x: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
+        """Feed mono float audio in [-1, 1]; return the aligned float32 output samples now ready."""
+        y = self._den.process(x, sample_rate)
+        self._pending += len(x)
+        return self._aligned(y)
+
+    def flush(self) -> np.ndarray:
+        """The output of every input sample not yet returned (total out == total in), then reset."""
+        y = self._aligned(self._den.flush())
+        self.reset()
+        return y
+
+    def reset(self) -> None:
+        """Start a new stream: states, buffers and the delay to drop."""
+        self._den.reset()
+        self._to_drop = self._den.latency_samples
+        self._pending = 0
+
+
 def denoise(audio: np.ndarray, bundle: Bundle | str | os.PathLike[str], options: Options | None = None,
             sample_rate: int | None = None) -> np.ndarray:
     """Denoise a whole mono signal; returns exactly ``len(audio)`` float32 samples, delay compensated."""
-    den = StreamingDenoiser(bundle, options)
-    x = check_audio(audio, den.sample_rate, sample_rate)
-    y = np.concatenate([den.process(x), den.flush()])
-    return y[den.latency_samples: den.latency_samples + len(x)]
+    stream = AlignedStream(bundle, options)
+    y = stream.process(audio, sample_rate)
+    return np.concatenate([y, stream.flush()])

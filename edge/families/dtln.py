@@ -8,6 +8,7 @@ import numpy as np
 
 from ..bundle import MANIFEST, Bundle
 from ..errors import BundleError
+from . import Opt, check_manifest
 
 
 def _runtime_bases(bundle: Bundle) -> tuple[np.ndarray, np.ndarray] | None:
@@ -37,9 +38,14 @@ class DTLN:
     """
 
     SUBMODELS = ("mask", "frame")
+    FRAMING = {"sample_rate": (16000,), "block_len": (512,), "block_shift": (128,), "window": ("none",)}
+    """The framing DTLN is trained and verified with (32 ms frames, 8 ms hop, no window)."""
+    OPTIONS = {"frame_rms_norm": Opt("bool"), "log_mag": Opt("bool"),
+               "stage2_bases": Opt("str", choices=("graph", "runtime"))}
 
     @classmethod
     def check(cls, bundle: Bundle) -> None:
+        check_manifest(bundle, cls.FRAMING, cls.OPTIONS)
         names = tuple(sm.name for sm in bundle.submodels)
         if names != cls.SUBMODELS:
             raise BundleError(f"{bundle.path}/{MANIFEST}: dtln needs submodels {list(cls.SUBMODELS)} in that "
@@ -47,7 +53,7 @@ class DTLN:
         bins = bundle.block_len // 2 + 1
         bases = _runtime_bases(bundle)
         sizes = (bins, bundle.block_len if bases is None else bases[0].shape[1])
-        for sm, n in zip(bundle.submodels, sizes, strict=False):
+        for sm, n in zip(bundle.submodels, sizes, strict=True):
             for t in (sm.input(sm.data_input), sm.output(sm.data_output)):
                 if int(np.prod(t.shape)) != n:
                     raise BundleError(f"{bundle.path}/{sm.file}: {t.name} has shape {list(t.shape)}, "

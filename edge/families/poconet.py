@@ -8,6 +8,7 @@ import numpy as np
 
 from ..bundle import MANIFEST, Bundle
 from ..errors import BundleError
+from . import Opt, check_manifest
 
 MASKS = ("complex_tanh",)
 
@@ -21,19 +22,23 @@ class PoCoNet:
     """
 
     SUBMODELS = ("unet",)
+    FRAMING = {"sample_rate": (16000,), "block_len": (512,), "block_shift": (128,), "window": ("sqrt_hann",)}
+    """The framing PoCoNet is trained and verified with (32 ms frames, 8 ms hop, sqrt-Hann analysis/synthesis)."""
+    OPTIONS = {"bins": Opt("int", required=True, low=1),
+               "compress": Opt("number", required=True, low=0, low_open=True, high=1),
+               "compress_eps": Opt("number", required=True, low=0, low_open=True, high=1e-2),
+               "mask": Opt("str", required=True, choices=MASKS),
+               "mask_eps": Opt("number", required=True, low=0, low_open=True, high=1e-2)}
+    """``compress`` is an exponent in (0, 1]; the two eps keep a division and a sqrt away from 0: small, > 0."""
 
     @classmethod
     def check(cls, bundle: Bundle) -> None:
         where = f"{bundle.path}/{MANIFEST}"
+        check_manifest(bundle, cls.FRAMING, cls.OPTIONS)
         names = tuple(sm.name for sm in bundle.submodels)
         if names != cls.SUBMODELS:
             raise BundleError(f"{where}: poconet needs submodels {list(cls.SUBMODELS)}, got {list(names)}")
         opts = bundle.family_options
-        for key in ("bins", "compress", "compress_eps", "mask", "mask_eps"):
-            if key not in opts:
-                raise BundleError(f"{where}: poconet needs family_options[{key!r}]")
-        if opts["mask"] not in MASKS:
-            raise BundleError(f"{where}: unknown poconet mask {opts['mask']!r} (known: {', '.join(MASKS)})")
         bins = int(opts["bins"])
         if not 0 < bins <= bundle.block_len // 2 + 1:
             raise BundleError(f"{where}: poconet bins {bins} must be in 1..block_len // 2 + 1")
