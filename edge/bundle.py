@@ -86,6 +86,9 @@ class Bundle:
     arrays: Mapping[str, np.ndarray] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     """Constant float arrays the family step uses beside its submodels (``.npy`` files, read-only),
     e.g. DTLN's stage 2 bases when the runtime applies them."""
+    batched: Any = field(default=None, repr=False)
+    """``edge.tblock.BatchedSpec`` when the manifest offers T-block submodels (``batched``), else None.
+    ``dataclasses.replace(bundle, batched=None)`` runs a bundle block by block."""
 
     def submodel(self, name: str) -> SubmodelSpec:
         for sm in self.submodels:
@@ -151,6 +154,29 @@ def _array(path: str, ad: Mapping[str, Any], where: str) -> np.ndarray:
     return a
 
 
+def parse_submodel(path: str, sd: Mapping[str, Any], where: str) -> SubmodelSpec:
+    """One ``submodels`` entry of a manifest, its file read and checksum checked."""
+    if not isinstance(sd, dict):
+        raise BundleError(f"{where}: should be an object, got {sd!r}")
+    fname = _require(sd, "file", str, where)
+    want = _require(sd, "sha256", str, where)
+    content = _read_checked(path, fname, want, where)
+    inputs = tuple(_tensor(t, f"{where} input") for t in _require(sd, "inputs", list, where))
+    outputs = tuple(_tensor(t, f"{where} output") for t in _require(sd, "outputs", list, where))
+    in_names = {t.name for t in inputs}
+    out_names = {t.name for t in outputs}
+    states = tuple((str(k), str(v)) for k, v in _require(sd, "states", dict, where).items())
+    for s_in, s_out in states:
+        if s_in not in in_names or s_out not in out_names:
+            raise BundleError(f"{where}: state pair {s_in} -> {s_out} names a tensor that is not listed")
+    data_in = _require(sd, "data_input", str, where)
+    data_out = _require(sd, "data_output", str, where)
+    if data_in not in in_names or data_out not in out_names:
+        raise BundleError(f"{where}: data_input/data_output {data_in!r}/{data_out!r} not among the tensors")
+    return SubmodelSpec(name=_require(sd, "name", str, where), file=fname, sha256=want, inputs=inputs,
+                        outputs=outputs, data_input=data_in, data_output=data_out, states=states, content=content)
+
+
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     """Read and verify a bundle folder: manifest, files, checksums, and every tensor.
 
@@ -179,27 +205,8 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     block_shift = _require(m, "block_shift", int, mpath)
     if not 0 < block_shift <= block_len:
         raise BundleError(f"{mpath}: block_shift {block_shift} must be in 1..block_len ({block_len})")
-    subs = []
-    for i, sd in enumerate(_require(m, "submodels", list, mpath)):
-        where = f"{mpath} submodels[{i}]"
-        fname = _require(sd, "file", str, where)
-        want = _require(sd, "sha256", str, where)
-        content = _read_checked(path, fname, want, where)
-        inputs = tuple(_tensor(t, f"{where} input") for t in _require(sd, "inputs", list, where))
-        outputs = tuple(_tensor(t, f"{where} output") for t in _require(sd, "outputs", list, where))
-        in_names = {t.name for t in inputs}
-        out_names = {t.name for t in outputs}
-        states = tuple((str(k), str(v)) for k, v in _require(sd, "states", dict, where).items())
-        for s_in, s_out in states:
-            if s_in not in in_names or s_out not in out_names:
-                raise BundleError(f"{where}: state pair {s_in} -> {s_out} names a tensor that is not listed")
-        data_in = _require(sd, "data_input", str, where)
-        data_out = _require(sd, "data_output", str, where)
-        if data_in not in in_names or data_out not in out_names:
-            raise BundleError(f"{where}: data_input/data_output {data_in!r}/{data_out!r} not among the tensors")
-        subs.append(SubmodelSpec(name=_require(sd, "name", str, where), file=fname, sha256=want, inputs=inputs,
-                                 outputs=outputs, data_input=data_in, data_output=data_out, states=states,
-                                 content=content))
+    subs = [parse_submodel(path, sd, f"{mpath} submodels[{i}]")
+            for i, sd in enumerate(_require(m, "submodels", list, mpath))]
     if not subs:
         raise BundleError(f"{mpath}: no submodels")
     arrays = {}
@@ -214,14 +221,20 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         quantization=str(m.get("quantization", "none")),
         family_options=MappingProxyType(dict(m.get("family_options", {}))),
         submodels=tuple(subs), manifest=MappingProxyType(m), sha256=sha256_bytes(raw),
-        arrays=MappingProxyType(arrays))
+        arrays=MappingProxyType(arrays), batched=_batched(path, m, mpath, tuple(subs)))
     from .families import family_class  # noqa: PLC0415 (families import bundle)
 
     family_class(bundle)  # unknown family -> BundleError
     check_runtime(bundle)
-    for sm in subs:
+    for sm in subs + list(bundle.batched.submodels if bundle.batched else ()):
         check_interpreter(bundle, sm)
     return bundle
+
+
+def _batched(path: str, m: Mapping[str, Any], mpath: str, subs: tuple[SubmodelSpec, ...]) -> Any:
+    from .tblock import parse_batched  # noqa: PLC0415 (tblock imports bundle)
+
+    return parse_batched(path, m, mpath, subs)
 
 
 def _version(text: str) -> tuple[int, ...] | None:
