@@ -60,9 +60,10 @@ def _dtln_step_layer():
 
         def call(self, inputs):
             x, h, c = inputs
-            rows = ops.split(ops.matmul(x, self.kernel), self.steps, axis=0)
+            zxs = ops.matmul(x, self.kernel)
             hs = []
-            for zx in rows:
+            for t in range(self.steps):
+                zx = zxs[t:t + 1]  # a static slice per row: XNNPACK takes it (a 64-way SPLIT it does not)
                 z = zx + ops.matmul(h, self.recurrent_kernel) + self.bias
                 if self.clip_gates is not None:
                     z = ops.clip(z, -self.clip_gates, self.clip_gates)
@@ -72,9 +73,17 @@ def _dtln_step_layer():
                     c = ops.clip(c, -self.clip_cell, self.clip_cell)
                 h = ops.sigmoid(o) * ops.tanh(c)
                 hs.append(h)
-            return ops.concatenate(hs, axis=0), h, c
+            return _concat_tree(ops, hs), h, c
 
     return SeqLSTM
+
+
+def _concat_tree(ops, parts: list):
+    """Concatenate rows in groups of at most four (the widest CONCATENATION XNNPACK delegates)."""
+    while len(parts) > 1:
+        parts = [p[0] if len(p) == 1 else ops.concatenate(p, axis=0) for p in
+                 (parts[i:i + 4] for i in range(0, len(parts), 4))]
+    return parts[0]
 
 
 def dtln_models(weights, opts, frames: int):

@@ -174,3 +174,35 @@ def test_bad_batched_sections_raise_bundle_errors(tblock_bundle, tmp_path):
     for k, (edit, words) in enumerate(cases):
         with pytest.raises(BundleError, match=words.replace("(", r"\(")):
             edge.load_bundle(_edited(tblock_bundle, tmp_path / str(k), edit))
+
+
+def test_cli_jobs_give_the_same_files(tblock_bundle, tmp_path, capsys):
+    """--jobs N runs files (or one file's channels) on N threads; every output is what one job writes."""
+    import soundfile as sf
+
+    from edge.cli import main as cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for k, ch in enumerate((1, 2, 3)):
+        sf.write(str(src / f"f{k}.wav"), (0.1 * rng.standard_normal((9000 + 1000 * k, ch))).astype(np.float32),
+                 16000, subtype="FLOAT")
+    outs = {}
+    for jobs in (1, 3):
+        out = tmp_path / f"out{jobs}"
+        assert cli(["denoise", str(src), "-o", str(out), "-m", tblock_bundle, "--jobs", str(jobs)]) == 0
+        assert f"{jobs} job" in capsys.readouterr().err
+        outs[jobs] = {p.name: sf.read(str(p))[0] for p in sorted((out / "in").iterdir())}
+        # one 3-channel file alone: its channels share the threads
+        one = tmp_path / f"one{jobs}.wav"
+        assert cli(["denoise", str(src / "f2.wav"), "-o", str(one), "-m", tblock_bundle, "-j", str(jobs)]) == 0
+        outs[jobs]["one"] = sf.read(str(one))[0]
+    assert sorted(outs[1]) == ["f0.wav", "f1.wav", "f2.wav", "one"]
+    for name, y in outs[1].items():
+        np.testing.assert_array_equal(outs[3][name], y)
+    np.testing.assert_array_equal(outs[1]["one"], outs[1]["f2.wav"])
+    ref = denoise(sf.read(str(src / "f2.wav"), dtype="float32")[0][:, 2].copy(), tblock_bundle)
+    assert float(np.max(np.abs(outs[1]["one"][:, 2] - ref))) <= TOL
+    assert cli(["denoise", str(src), "-o", str(tmp_path / "x"), "-m", tblock_bundle, "--jobs", "0"]) == 2
+    assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
