@@ -35,7 +35,7 @@ MAX_ABS = {"none": 1e-5}
 """T-block vs per-block output of the same bundle, max abs sample difference, by mode."""
 SNR_DB = {"float16": 60.0, "dynamic": 30.0}
 """...or SNR (dB) of the T-block output against the per-block output, for the other modes."""
-DEFAULT_FRAMES = 64
+DEFAULT_FRAMES = 32
 
 
 def _dtln_step_layer():
@@ -169,8 +169,9 @@ def models_for(m: dict, weights_path: str, frames: int):
     else:
         raise ConvertError(f"family {family!r} has no T-block graphs (known: dtln, poconet)")
     want = m.get("model", {}).get("config")
-    if want is not None and asdict(weights.config) != want:
-        diff = {k: (v, want.get(k)) for k, v in asdict(weights.config).items() if want.get(k) != v}
+    have = json.loads(json.dumps(asdict(weights.config)))  # as the manifest holds it (tuples as lists)
+    if want is not None and have != want:
+        diff = {k: (v, want.get(k)) for k, v in have.items() if want.get(k) != v}
         raise WeightsError(f"{weights_path}: its config differs from the bundle's model.config "
                            f"(weights vs bundle: {diff}); pass the weights this bundle was converted from")
     return pairs
@@ -288,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", metavar="FILE", required=True,
                    help="the weights (.h5) the bundle was converted from (checked against its model.config)")
     p.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
-                   help=f"hops per T-block call (default: {DEFAULT_FRAMES} = 0.512 s at 128-sample hops)")
+                   help=f"hops per T-block call (default: {DEFAULT_FRAMES} = 0.256 s at 128-sample hops, the fastest "
+                        "of 16, 32 and 64 measured on x86)")
     p.add_argument("--verify-audio", metavar="FILE", nargs="+", default=None,
                    help="speech to verify on (default: the example recordings in examples/)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the bundle path")

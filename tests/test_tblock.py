@@ -206,3 +206,29 @@ def test_cli_jobs_give_the_same_files(tblock_bundle, tmp_path, capsys):
     assert float(np.max(np.abs(outs[1]["one"][:, 2] - ref))) <= TOL
     assert cli(["denoise", str(src), "-o", str(tmp_path / "x"), "-m", tblock_bundle, "--jobs", "0"]) == 2
     assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_poconet_t_block_matches_per_block(tmp_path):
+    """The U-Net with its causal caches over T hops per call: same output as block by block."""
+    from convert.build import convert_poconet
+    from convert.poconet import save_weights as save_poconet
+
+    from .test_poconet import small_weights as poconet_weights
+    from .test_poconet import speechlike
+
+    w = poconet_weights(seed=1)
+    h5 = tmp_path / "p.h5"
+    save_poconet(w, str(h5))
+    path = tmp_path / "p"
+    convert_poconet(w, "none", str(path), verify_audio=[speechlike(1.0, 5)], verify_names=["speechlike"])
+    b = add_to_bundle(str(path), str(h5), 4, [speechlike(0.9, 6)], ["speechlike"])
+    assert b.family == "poconet" and b.batched.frames == 4
+    assert b.manifest["batched"]["verification"]["passed"] is True
+    x = speechlike(1.3, 7)
+    ref = StreamingDenoiser(per_block(b))
+    want = np.concatenate([ref.process(x), ref.flush()])
+    for chunk in (700, len(x)):
+        den = StreamingDenoiser(b)
+        got = np.concatenate([den.process(x[i:i + chunk]) for i in range(0, len(x), chunk)] + [den.flush()])
+        assert float(np.max(np.abs(got - want))) <= TOL
+    assert np.any(want != 0)
