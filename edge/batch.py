@@ -63,7 +63,7 @@ def parse_streams(bundle: Bundle) -> StreamsSpec:
     entries = sec.get("submodels")
     if not isinstance(entries, list):
         raise BundleError(f"{mpath} {SECTION}: 'submodels' should be a list, got {entries!r}")
-    subs = tuple(parse_submodel(bundle.path, dict(sd), f"{mpath} {SECTION} submodels[{i}]")
+    subs = tuple(parse_submodel(bundle.path, sd, f"{mpath} {SECTION} submodels[{i}]")
                  for i, sd in enumerate(entries))
     if [s.name for s in subs] != [s.name for s in bundle.submodels]:
         raise BundleError(f"{mpath} {SECTION}: submodels {[s.name for s in subs]} should be the per-block ones "
