@@ -1,6 +1,6 @@
 """File mode throughput: T-block calls against today's per-block path, same audio, one process, one thread.
 
-    python bench/throughput.py [--bundle pretrained_model/dtln-16k/dynamic] [--weights H5] [--frames 32]
+    python bench/throughput.py [--bundle DIR [DIR ...]] [--weights H5] [--frames 32]
                                [--rounds 7] [--seconds 30]
 
 Both paths run ``edge.denoise`` on the same signal (the example recording repeated to ``--seconds``):
