@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "present, else the verification audio)")
     p.add_argument("--block-shift", type=int, default=None,
                    help="hop in samples (dtln only; default: 128 = 8 ms; poconet takes it from its weights file)")
+    p.add_argument("--frames", type=int, default=0, metavar="T",
+                   help="also add T-block submodels over T hops per call, for fast file denoising (float32, "
+                        "float16, dynamic; see python -m convert.batched; default: 0 = none)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the bundle path")
     return p
 
@@ -60,10 +63,12 @@ def _run(args) -> int:
     import_tensorflow()
     from edge.errors import AudioError
 
-    from . import build, data
+    from . import batched, build, data
     from .families import family
 
     fam = family(args.family)
+    if args.frames and args.quantize not in batched.MODES:
+        raise ConvertError(f"--frames: T-block graphs exist for {', '.join(batched.MODES)} only, not {args.quantize}")
     weights_path = args.weights
     if weights_path is None:
         default = fam.default_weights(args.quantize)
@@ -84,10 +89,14 @@ def _run(args) -> int:
         calib_audio = data.load_files(args.calib_audio, rate) if args.calib_audio else data.dev_mixes()
     except AudioError as exc:
         raise ConvertError(str(exc)) from None
+    progress = build.Progress() if args.quiet else build.TERMINAL
     bundle = build.convert(
         weights, args.quantize, output, force=args.force, name=args.name, verify_audio=verify_audio,
         verify_names=[os.path.basename(f) for f in verify_files], calib_audio=calib_audio or None,
-        source=os.path.basename(weights_path), progress=build.Progress() if args.quiet else build.TERMINAL)
+        source=os.path.basename(weights_path), progress=progress)
+    if args.frames:  # T-block graphs beside the verified per-block ones (convert/batched.py)
+        bundle = batched.add_to_bundle(bundle.path, weights_path, args.frames, verify_audio,
+                                        [os.path.basename(f) for f in verify_files], progress.say)
     v = bundle.manifest["verification"]
     if args.quiet:
         print(bundle.path)

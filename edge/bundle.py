@@ -87,6 +87,9 @@ class Bundle:
     arrays: Mapping[str, np.ndarray] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     """Constant float arrays the family step uses beside its submodels (``.npy`` files, read-only),
     e.g. DTLN's stage 2 bases when the runtime applies them."""
+    batched: Any = field(default=None, repr=False)
+    """``edge.tblock.BatchedSpec`` when the manifest offers T-block submodels (``batched``), else None.
+    ``dataclasses.replace(bundle, batched=None)`` runs a bundle block by block."""
 
     def submodel(self, name: str) -> SubmodelSpec:
         for sm in self.submodels:
@@ -239,7 +242,8 @@ def _framing(m: Mapping[str, Any], mpath: str) -> dict[str, Any]:
             "window": window, "latency_samples": latency}
 
 
-def _submodel(path: str, sd: Any, where: str) -> SubmodelSpec:
+def parse_submodel(path: str, sd: Any, where: str) -> SubmodelSpec:
+    """One ``submodels`` entry of a manifest, its file read and checksum checked."""
     fname = _require(sd, "file", str, where)
     want = _require(sd, "sha256", str, where)
     content = _read_checked(path, fname, want, where)
@@ -270,7 +274,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     mpath = os.path.join(path, MANIFEST)
     raw, m = _read_manifest(path)
     framing = _framing(m, mpath)
-    subs = [_submodel(path, sd, f"{mpath} submodels[{i}]")
+    subs = [parse_submodel(path, sd, f"{mpath} submodels[{i}]")
             for i, sd in enumerate(_require(m, "submodels", list, mpath))]
     if not subs:
         raise BundleError(f"{mpath}: no submodels")
@@ -291,14 +295,20 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         family_options=MappingProxyType(dict(_require(m, "family_options", dict, mpath) if "family_options" in m
                                              else {})),
         submodels=tuple(subs), manifest=MappingProxyType(m), sha256=sha256_bytes(raw),
-        arrays=MappingProxyType(arrays))
+        arrays=MappingProxyType(arrays), batched=_batched(path, m, mpath, tuple(subs)))
     from .families import family_class  # families import bundle
 
     family_class(bundle)  # unknown family, or a manifest the family cannot run -> BundleError
     check_runtime(bundle)
-    for sm in subs:
+    for sm in subs + list(bundle.batched.submodels if bundle.batched else ()):
         check_interpreter(bundle, sm)
     return bundle
+
+
+def _batched(path: str, m: Mapping[str, Any], mpath: str, subs: tuple[SubmodelSpec, ...]) -> Any:
+    from .tblock import parse_batched  # tblock imports bundle
+
+    return parse_batched(path, m, mpath, subs)
 
 
 def _version(text: str) -> tuple[int, ...] | None:

@@ -16,8 +16,8 @@ from .options import Options
 SUBCOMMAND_MODULES = ("edge.cmd_denoise", "edge.evaluate", "edge.daemon", "edge.live", "edge.profile")
 
 
-def _threads(text: str) -> int:
-    """``--threads``: the one place the CLI checks it (argparse turns the error into exit 2)."""
+def positive_int(text: str) -> int:
+    """``--threads``, ``--jobs``: the one place the CLI checks a count (argparse turns the error into exit 2)."""
     try:
         v = int(text)
     except ValueError:
@@ -39,7 +39,7 @@ def add_model_options(p: argparse.ArgumentParser, several: bool = False) -> None
     else:
         p.add_argument("--model", "-m", metavar="DIR", default=None,
                        help="bundle folder (default: $EDGE_DENOISE_MODEL, else the shipped dtln-16k bundle)")
-    p.add_argument("--threads", type=_threads, default=1, help="interpreter threads per stream (default: 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="interpreter threads per stream (default: 1)")
     p.add_argument("--xnnpack", action=argparse.BooleanOptionalAction, default=True,
                    help="use the XNNPACK delegate (default: on)")
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from .audio import EXTENSIONS, fit_length, float_to_pcm16, pcm16_to_float, resample
 from .bundle import Bundle
-from .cli import add_model_options, model_and_options  # edge/daemon.py still imports them from here
+from .cli import add_model_options, model_and_options, positive_int  # edge/daemon.py still imports them from here
 from .errors import AudioError, BundleError
 from .files import denoise_file, remove_stale_temps
 from .options import Options
@@ -47,8 +48,19 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist (default: skip)")
     p.add_argument("--rate", type=int, default=None, help="raw PCM: sample rate in Hz (default: the model's)")
     p.add_argument("--channels", type=int, default=1, help="raw PCM: interleaved channels (default: 1)")
+    p.add_argument("--jobs", "-j", type=positive_int, default=None, metavar="N",
+                   help="files (or the channels of one file) denoised at once, one stream per thread "
+                        f"(default: the cores this process may use, here {cores_available()})")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
+
+
+def cores_available() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def denoise_array(x: np.ndarray, sr: int, bundle: Bundle, options: Options) -> np.ndarray:
@@ -96,11 +108,24 @@ def _plan(inputs: list[str], output: str | None) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def _one_file(src: Path, dst: Path, bundle: Bundle, options: Options, pool: Executor | None):
+    """Denoise one file, streamed (``edge.files.denoise_file``); returns (seconds of audio, seconds taken,
+    channels, rate) or the error. ``pool``: threads for its channels."""
+    try:
+        t0 = time.perf_counter()
+        frames, ch, sr = denoise_file(src, dst, bundle, options, pool=pool)
+        dt = time.perf_counter() - t0
+    except (AudioError, OSError) as exc:
+        return exc
+    return frames / sr, dt, ch, sr
+
+
 def run(args) -> int:
     if args.inputs == ["-"]:
         return _run_raw(args)
     if "-" in args.inputs:
         raise AudioError("'-' (raw PCM on stdin) cannot be mixed with file inputs")
+    jobs = cores_available() if args.jobs is None else args.jobs
     pairs = _plan(args.inputs, args.output)
     bundle, options = model_and_options(args)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -108,28 +133,34 @@ def run(args) -> int:
         for stale in remove_stale_temps(folder):
             say(f"removed {stale}: a partial output left by an interrupted run")
     failed = skipped = 0
-    audio_s = wall_s = 0.0
+    audio_s = 0.0
+    todo = []
     for k, (src, dst) in enumerate(pairs, 1):
         if dst.exists() and not args.overwrite:
             skipped += 1
             say(f"[{k}/{len(pairs)}] {src} -> {dst}: exists, skipped (--overwrite to redo)")
-            continue
-        try:
-            t0 = time.perf_counter()
-            frames, ch, sr = denoise_file(src, dst, bundle, options)
-            dt = time.perf_counter() - t0
-        except (AudioError, OSError) as exc:
-            failed += 1
-            print(f"edge-denoise denoise: error: {exc}", file=sys.stderr)
-            continue
-        audio_s += frames / sr
-        wall_s += dt
-        say(f"[{k}/{len(pairs)}] {src} -> {dst} ({frames / sr:.1f} s, {ch} ch, {sr} Hz, "
-            f"real-time factor {dt / (frames / sr):.3f})")
+        else:
+            todo.append((k, src, dst))
+    t_start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        # several files: one file per thread; one file: its channels share the threads
+        results = (pool.map(lambda t: _one_file(t[1], t[2], bundle, options, None), todo) if len(todo) > 1
+                   else [_one_file(t[1], t[2], bundle, options, pool) for t in todo])
+        for (k, src, dst), r in zip(todo, results, strict=True):
+            if isinstance(r, Exception):
+                failed += 1
+                print(f"edge-denoise denoise: error: {r}", file=sys.stderr)
+                continue
+            secs, dt, ch, sr = r
+            audio_s += secs
+            say(f"[{k}/{len(pairs)}] {src} -> {dst} ({secs:.1f} s, {ch} ch, {sr} Hz, "
+                f"real-time factor {dt / secs if secs else 0.0:.3f})")
+    wall_s = time.perf_counter() - t_start
     if not args.quiet and audio_s:
         say(f"done: {len(pairs) - failed - skipped} written, {skipped} skipped, {failed} failed; "
-            f"{audio_s:.1f} s of audio in {wall_s:.2f} s (real-time factor {wall_s / audio_s:.3f}), "
-            f"model {bundle.name}, latency {1000 * bundle.latency_samples / bundle.sample_rate:.0f} ms")
+            f"{audio_s:.1f} s of audio in {wall_s:.2f} s (real-time factor {wall_s / audio_s:.3f}, "
+            f"{jobs} job{'s' if jobs > 1 else ''}), model {bundle.name}, "
+            f"latency {1000 * bundle.latency_samples / bundle.sample_rate:.0f} ms")
     return 2 if failed else 0
 
 

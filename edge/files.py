@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import stat
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -154,16 +155,19 @@ class FilePipeline:
     ``finish`` the rest; the caller trims/pads the total to the input length.
     """
 
-    def __init__(self, bundle: Bundle, options: Options, sr: int, channels: int):
+    def __init__(self, bundle: Bundle, options: Options, sr: int, channels: int, pool: Executor | None = None):
         self.streams = [AlignedStream(bundle, options) for _ in range(channels)]
         self._down = _Resampler(sr, bundle.sample_rate, channels)
         self._up = _Resampler(bundle.sample_rate, sr, channels)
+        self._map = pool.map if pool is not None and channels > 1 else map
+        """Channels on the pool's threads when given: each is its own stream, so the result is the same."""
 
     def _denoise(self, x: np.ndarray, last: bool) -> np.ndarray:
-        ys = [s.process(np.ascontiguousarray(x[:, c])) for c, s in enumerate(self.streams)]
-        if last:
-            ys = [np.concatenate([y, s.flush()]) for y, s in zip(ys, self.streams, strict=True)]
-        return np.stack(ys, axis=1)
+        def one(c: int) -> np.ndarray:
+            y = self.streams[c].process(np.ascontiguousarray(x[:, c]))
+            return np.concatenate([y, self.streams[c].flush()]) if last else y
+
+        return np.stack(list(self._map(one, range(len(self.streams)))), axis=1)
 
     def push(self, x: np.ndarray) -> np.ndarray:
         return self._up(self._denoise(self._down(x), last=False))
@@ -175,8 +179,9 @@ class FilePipeline:
 
 
 def denoise_file(src: Path, dst: Path, bundle: Bundle, options: Options,
-                 block_seconds: float = BLOCK_SECONDS) -> tuple[int, int, int]:
-    """Denoise ``src`` into ``dst`` (same rate, channels, length, format and subtype) in bounded memory.
+                 block_seconds: float = BLOCK_SECONDS, pool: Executor | None = None) -> tuple[int, int, int]:
+    """Denoise ``src`` into ``dst`` (same rate, channels, length, format and subtype) in bounded memory;
+    its channels on ``pool``'s threads when given.
 
     Returns (frames, channels, sample rate). Raises AudioError (and leaves no output) for unreadable
     or empty files, NaN/Inf, and float samples beyond [-1, 1].
@@ -196,7 +201,7 @@ def denoise_file(src: Path, dst: Path, bundle: Bundle, options: Options,
             raise AudioError(f"{src}: holds no samples (zero-length audio)")
         subtype = fin.subtype if sf.check_format(fmt, fin.subtype) else None
         pcm = pcm_for_subtype(subtype)
-        pipe = FilePipeline(bundle, options, sr, ch)
+        pipe = FilePipeline(bundle, options, sr, ch, pool)
         block = max(1, int(block_seconds * sr))
         with atomic_output(dst) as fd, sf.SoundFile(fd, "w", sr, ch, subtype, format=fmt, closefd=False) as fout:
             written = 0

@@ -32,6 +32,33 @@ def windows(kind: str, block_len: int, block_shift: int) -> tuple[np.ndarray | N
     return ana, syn
 
 
+def overlap_add(outbuf: np.ndarray, frames: np.ndarray, block_shift: int) -> np.ndarray:
+    """Overlap-add ``frames`` (T, block_len) onto ``outbuf`` (block_len, updated in place); return the
+    T * block_shift finished samples.
+
+    The sums run in the per-block order (oldest frame first), so the samples equal the per-block ones
+    bit for bit.
+    """
+    t, n = frames.shape
+    s = block_shift
+    if n % s:
+        out = np.empty(t * s)
+        for k in range(t):
+            outbuf[:-s] = outbuf[s:]
+            outbuf[-s:] = 0.0
+            outbuf += frames[k]
+            out[k * s:(k + 1) * s] = outbuf[:s]
+        return out
+    q = n // s
+    acc = np.zeros((t + q - 1, s))
+    acc[: q - 1] = outbuf[s:].reshape(q - 1, s)
+    parts = frames.reshape(t, q, s)
+    for j in range(q - 1, -1, -1):
+        acc[j:j + t] += parts[:, j]
+    outbuf[:] = acc[t - 1:].reshape(-1)
+    return acc[:t].reshape(-1)
+
+
 def check_audio(x: object, sample_rate: int, given_rate: int | None = None) -> np.ndarray:
     """Validate one mono chunk at the boundary; return it as a float array (no copy if possible)."""
     if given_rate is not None and given_rate != sample_rate:
@@ -75,11 +102,15 @@ class StreamingDenoiser:
             bundle = load_bundle(bundle)
         self._bundle = bundle
         self._options = options or Options()
+        # T-block calls only through the tflite runners, and only for families that define ``steps``
+        self._frames = bundle.batched.frames if runners is None and bundle.batched is not None else 0
         if runners is None:
-            from .submodel import TFLiteSubmodel  # the interpreter is imported on the first stream
+            from .tblock import runners as make_runners  # interpreter imported on the first stream
 
-            runners = {sm.name: TFLiteSubmodel(bundle, sm, self._options) for sm in bundle.submodels}
+            runners = make_runners(bundle, self._options)
         self._family = family_class(bundle)(bundle, dict(runners), self._irfft)
+        if not hasattr(self._family, "steps"):
+            self._frames = 0
         n, s = bundle.block_len, bundle.block_shift
         self._n, self._s = n, s
         self._ana, self._syn = windows(bundle.window, n, s)
@@ -110,6 +141,14 @@ class StreamingDenoiser:
         return self._bundle.latency_samples
 
     @property
+    def batch_samples(self) -> int:
+        """Samples per T-block call (``frames * block_shift``), or ``block_shift`` without T-block graphs.
+
+        ``process`` runs every whole T hops of a call in one T-block call: feed multiples of this.
+        """
+        return self._s * (self._frames or 1)
+
+    @property
     def samples_in(self) -> int:
         """Samples given to ``process`` since the last reset."""
         return self._samples_in
@@ -134,8 +173,25 @@ class StreamingDenoiser:
         """Run the filled analysis buffer through the model; return ``block_shift`` output samples."""
         return self._synthesize(self._family.step(self._analyze()))
 
+    def _blocks(self, x: np.ndarray) -> np.ndarray:
+        """``frames`` hops at once (``x``: frames * block_shift new samples, buffer empty before); the
+        same samples the per-block path gives."""
+        n, s = self._n, self._s
+        buf = np.concatenate([self._inbuf[: n - s], x])
+        frames = np.lib.stride_tricks.sliding_window_view(buf, n)[::s]
+        spec = np.fft.rfft(frames if self._ana is None else frames * self._ana, axis=-1)
+        out = self._family.steps(spec)
+        if self._syn is not None:
+            out = out * self._syn
+        self._inbuf[: n - s] = buf[len(buf) - (n - s):]
+        return overlap_add(self._outbuf, out, s)
+
     def process(self, x: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
-        """Feed audio; return the float32 output samples that are ready now."""
+        """Feed audio; return the float32 output samples that are ready now.
+
+        Every ``batch_samples`` of ``x`` that start on a hop boundary go through one T-block call when
+        the bundle offers them.
+        """
         x = check_audio(x, self.sample_rate, sample_rate)
         n, s = self._n, self._s
         if self._fill == 0 and len(x) == s:  # the live case, one hop per call: no bookkeeping loop
@@ -147,7 +203,13 @@ class StreamingDenoiser:
         ready = (self._fill + len(x)) // s
         y = np.empty(ready * s, np.float32)
         pos = o = 0
+        big = self._frames * s
         while pos < len(x):
+            if big and self._fill == 0 and len(x) - pos >= big:
+                y[o:o + big] = self._blocks(x[pos:pos + big])
+                o += big
+                pos += big
+                continue
             take = min(s - self._fill, len(x) - pos)
             start = n - s + self._fill
             self._inbuf[start:start + take] = x[pos:pos + take]

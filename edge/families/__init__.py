@@ -83,7 +83,9 @@ class Family(Protocol):
     """Per-block step of a model family.
 
     ``step(spec)`` takes the rfft of one analysis frame (complex, ``block_len // 2 + 1`` bins) and
-    returns the time-domain frame (``block_len`` float samples) that framing overlap-adds.
+    returns the time-domain frame (``block_len`` float samples) that framing overlap-adds. A family may
+    also define ``steps(spec)``: the same over T hops at once, (T, bins) -> (T, block_len), through its
+    runners' ``frames`` calls (``edge.tblock``); framing uses it when the bundle offers T-block graphs.
     """
 
     def __init__(self, bundle: Bundle, runners: dict[str, Runner], irfft: Callable[[np.ndarray], np.ndarray]): ...

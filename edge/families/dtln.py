@@ -88,3 +88,23 @@ class DTLN:
         else:
             out = self._frame(frame.reshape(self._frame_shape)).reshape(-1)
         return out * np.float32(rms) if self._rms_norm else out
+
+    def steps(self, spec: np.ndarray) -> np.ndarray:
+        """``step`` over T hops at once: ``spec`` (T, bins) -> frames (T, block_len), through the runners'
+        T-block calls (``frames``); the recurrence runs inside the graph."""
+        t = len(spec)
+        mag = np.abs(spec).astype(np.float32)
+        if self._log_mag:
+            mag = np.log(mag + np.float32(1e-7))
+        mask = self._mask.frames(mag.reshape(1, t, *self._mask_shape[2:]))
+        frame = self._irfft(spec * mask.reshape(t, -1)).astype(np.float32)
+        if self._rms_norm:
+            rms = np.maximum(np.sqrt(np.mean(np.square(frame, dtype=np.float64), axis=1)), 1e-4)
+            rms = rms.astype(np.float32)[:, None]
+            frame = frame / rms
+        if self._enc is not None:
+            enc = frame @ self._enc
+            out = (enc * self._frame.frames(enc.reshape(1, t, *self._frame_shape[2:])).reshape(t, -1)) @ self._dec
+        else:
+            out = self._frame.frames(frame.reshape(1, t, *self._frame_shape[2:])).reshape(t, -1)
+        return out * rms if self._rms_norm else out

@@ -1,0 +1,129 @@
+"""T-block submodels: the same network over ``frames`` hops per call, states in and out once per call.
+
+A bundle may offer them in its manifest's ``batched`` section (written by ``python -m convert.batched``).
+Where the input is known ahead (a file, or any ``process`` call holding >= ``frames`` ready hops) the
+stream runs them instead of ``frames`` per-block calls: one interpreter call, one batched rfft and one
+batched irfft per ``frames`` hops. The recurrence still runs hop by hop inside the graph, so the result
+is the per-block result (verified at conversion, figures in the manifest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from .bundle import Bundle, SubmodelSpec, TensorSpec, check_interpreter, parse_submodel
+from .errors import BundleError
+from .interpreter import make_interpreter
+from .options import Options
+from .submodel import TFLiteSubmodel, _quantizer
+
+SECTION = "batched"
+
+
+@dataclass(frozen=True)
+class BatchedSpec:
+    """The manifest's ``batched`` section: submodels taking ``frames`` hops per call."""
+
+    frames: int
+    """Hops per call (T)."""
+    submodels: tuple[SubmodelSpec, ...]
+    """Same names, order, state names and state tensors as the bundle's per-block submodels."""
+    verification: Mapping[str, Any]
+
+    def submodel(self, name: str) -> SubmodelSpec:
+        return next(sm for sm in self.submodels if sm.name == name)
+
+
+def _same_tensor(a: TensorSpec, b: TensorSpec) -> bool:
+    return (a.shape, a.dtype, a.scale, a.zero_point) == (b.shape, b.dtype, b.scale, b.zero_point)
+
+
+def _check_pair(per_block: SubmodelSpec, tb: SubmodelSpec, frames: int, where: str) -> None:
+    """The T-block graph must take the per-block data with a time axis of ``frames`` and the same states."""
+    if tb.states != per_block.states:
+        raise BundleError(f"{where}: states {dict(tb.states)} differ from the per-block submodel's "
+                          f"{dict(per_block.states)}")
+    for s_in, s_out in tb.states:
+        for got, want in ((tb.input(s_in), per_block.input(s_in)), (tb.output(s_out), per_block.output(s_out))):
+            if not _same_tensor(got, want):
+                raise BundleError(f"{where}: state {got.name} is {got.dtype}{list(got.shape)} scale {got.scale}, "
+                                  f"the per-block submodel's is {want.dtype}{list(want.shape)} scale {want.scale}")
+    for got, want in ((tb.input(tb.data_input), per_block.input(per_block.data_input)),
+                      (tb.output(tb.data_output), per_block.output(per_block.data_output))):
+        expect = (want.shape[0], frames, *want.shape[2:])
+        if len(want.shape) < 2 or want.shape[1] != 1 or got.shape != expect or got.dtype != want.dtype:
+            raise BundleError(f"{where}: {got.name} is {got.dtype}{list(got.shape)}; with frames {frames} the "
+                              f"per-block {want.dtype}{list(want.shape)} needs {want.dtype}{list(expect)}")
+
+
+def parse_batched(path: str, m: Mapping[str, Any], mpath: str,
+                  per_block: tuple[SubmodelSpec, ...]) -> BatchedSpec | None:
+    """The ``batched`` section of a manifest, files checked; None when the bundle has none."""
+    sec = m.get(SECTION)
+    if sec is None:
+        return None
+    where = f"{mpath} {SECTION}"
+    if not isinstance(sec, dict):
+        raise BundleError(f"{where}: should be an object, got {sec!r}")
+    frames = sec.get("frames")
+    if not isinstance(frames, int) or isinstance(frames, bool) or frames < 2:
+        raise BundleError(f"{where}: 'frames' should be an int >= 2, got {frames!r}")
+    entries = sec.get("submodels")
+    if not isinstance(entries, list):
+        raise BundleError(f"{where}: 'submodels' should be a list, got {entries!r}")
+    subs = tuple(parse_submodel(path, sd, f"{where} submodels[{i}]") for i, sd in enumerate(entries))
+    if [s.name for s in subs] != [s.name for s in per_block]:
+        raise BundleError(f"{where}: submodels {[s.name for s in subs]} should be the per-block ones "
+                          f"{[s.name for s in per_block]}, in that order")
+    for pb, tb in zip(per_block, subs, strict=True):
+        _check_pair(pb, tb, frames, f"{path}/{tb.file}")
+    return BatchedSpec(frames=frames, submodels=subs, verification=dict(sec.get("verification", {})))
+
+
+class TBlockSubmodel(TFLiteSubmodel):
+    """A per-block submodel that can also run ``frames`` hops in one call; both calls share the states.
+
+    The T-block interpreter is made on the first ``frames`` call, so a live stream (one hop per call)
+    never pays for it.
+    """
+
+    def __init__(self, bundle: Bundle, spec: SubmodelSpec, tspec: SubmodelSpec, options: Options):
+        super().__init__(bundle, spec, options)
+        self._bundle, self._tspec, self._options = bundle, tspec, options
+        self._t: tuple | None = None
+
+    def _load(self) -> tuple:
+        ts = self._tspec
+        it = make_interpreter(ts.content, self._options.num_threads, self._options.xnnpack)
+        index = check_interpreter(self._bundle, ts, it)
+        q_in, _ = _quantizer(ts.input(ts.data_input))
+        _, dq_out = _quantizer(ts.output(ts.data_output))
+        pairs = [(index[s_in], index[s_out]) for s_in, s_out in ts.states]
+        return it, index[ts.data_input], index[ts.data_output], q_in, dq_out, pairs
+
+    def frames(self, x: np.ndarray) -> np.ndarray:
+        """``x``: the data input with ``frames`` hops on axis 1, float32; returns the data output likewise."""
+        if self._t is None:
+            self._t = self._load()
+        it, i_in, i_out, q_in, dq_out, pairs = self._t
+        it.set_tensor(i_in, q_in(x))
+        states = self._states
+        for k, (i, _) in enumerate(pairs):
+            it.set_tensor(i, states[k])
+        it.invoke()
+        for k, (_, o) in enumerate(pairs):
+            s = it.get_tensor(o)
+            conv = self._pairs[k][2]
+            states[k] = s if conv is None else conv(s)
+        return dq_out(it.get_tensor(i_out))
+
+
+def runners(bundle: Bundle, options: Options) -> dict[str, TFLiteSubmodel]:
+    """One runner per submodel: T-block capable where the bundle offers it."""
+    tb = bundle.batched
+    if tb is None:
+        return {sm.name: TFLiteSubmodel(bundle, sm, options) for sm in bundle.submodels}
+    return {sm.name: TBlockSubmodel(bundle, sm, tb.submodel(sm.name), options) for sm in bundle.submodels}

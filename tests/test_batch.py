@@ -1,0 +1,128 @@
+"""Batched streams (``edge.batch.BatchEngine``): B streams per invoke, each equal to running it alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import edge
+from edge import StreamingDenoiser
+from edge.batch import BatchEngine
+from edge.errors import BundleError, EdgeError
+
+from .conftest import noise_audio, small_weights
+
+pytest.importorskip("tensorflow", reason="the converter needs TensorFlow (pip install .[convert])")
+
+from convert.dtln import save_weights  # noqa: E402
+from convert.errors import ConvertError  # noqa: E402
+from convert.streams import add_to_bundle, main  # noqa: E402
+
+BATCH = 4
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def streams_bundle(small_bundle, tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("streams")
+    save_weights(small_weights(), str(folder / "w.h5"))
+    shutil.copytree(small_bundle, folder / "b")
+    add_to_bundle(str(folder / "b"), str(folder / "w.h5"), BATCH, [noise_audio(1.3, seed=3)])
+    return str(folder / "b")
+
+
+def alone(bundle, x: np.ndarray) -> np.ndarray:
+    den = StreamingDenoiser(bundle)
+    return np.concatenate([den.process(x), den.flush()])
+
+
+def test_each_stream_matches_running_alone(streams_bundle):
+    """Streams start at different ticks, feed different chunk sizes, and finish at different times."""
+    b = edge.load_bundle(streams_bundle)
+    eng = BatchEngine(b)
+    xs = [noise_audio(0.6 + 0.2 * k, seed=20 + k) for k in range(BATCH)]
+    chunks = (128, 1000, 37, 4096)
+    got: dict[int, list] = {}
+    slot_of = {}
+    pos = [0] * BATCH
+    tick = 0
+    while tick < 3 * BATCH or any(p < len(x) for p, x in zip(pos, xs, strict=True)):
+        tick += 1
+        feed = {}
+        for k in range(BATCH):
+            if tick < 3 * k:  # stream k joins at tick 3k
+                continue
+            if k not in slot_of:
+                slot_of[k] = eng.open()
+                got[k] = []
+            if pos[k] < len(xs[k]):
+                feed[slot_of[k]] = xs[k][pos[k]:pos[k] + chunks[k]]
+                pos[k] += chunks[k]
+        for slot, y in eng.process(feed).items():
+            got[next(k for k, s in slot_of.items() if s == slot)].append(y)
+    for k in range(BATCH):
+        y = np.concatenate(got[k] + [eng.flush(slot_of[k])])
+        want = alone(b, xs[k])
+        assert y.shape == want.shape
+        assert float(np.max(np.abs(y - want))) <= TOL
+    assert max(eng.ticks) == BATCH and min(eng.ticks) >= 1
+
+
+def test_a_reopened_slot_starts_fresh(streams_bundle):
+    b = edge.load_bundle(streams_bundle)
+    eng = BatchEngine(b)
+    first = eng.open()
+    eng.process({first: noise_audio(0.3, seed=1)})
+    eng.close(first)
+    again = eng.open()
+    assert again == first
+    x = noise_audio(0.5, seed=2)
+    y = np.concatenate([eng.process({again: x})[again], eng.flush(again)])
+    assert float(np.max(np.abs(y - alone(b, x)))) <= TOL
+
+
+def test_capacity_and_unknown_streams(streams_bundle):
+    eng = BatchEngine(edge.load_bundle(streams_bundle))
+    slots = [eng.open() for _ in range(BATCH)]
+    assert sorted(slots) == list(range(BATCH)) and eng.capacity == BATCH
+    with pytest.raises(EdgeError, match=f"all {BATCH} streams"):
+        eng.open()
+    eng.close(slots[0])
+    with pytest.raises(EdgeError, match="stream 0 is not open"):
+        eng.process({0: np.zeros(128, np.float32)})
+    with pytest.raises(edge.AudioError, match="dtype int16"):
+        eng.process({slots[1]: np.zeros(128, np.int16)})
+
+
+def test_bundles_without_or_with_bad_sections(small_bundle, streams_bundle, tmp_path):
+    with pytest.raises(BundleError, match="no 'streams' section"):
+        BatchEngine(edge.load_bundle(small_bundle))
+    path = tmp_path / "bad"
+    shutil.copytree(streams_bundle, path)
+    m = json.loads((path / "manifest.json").read_text())
+    m["streams"]["batch"] = BATCH + 1
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=f"with batch {BATCH + 1}"):
+        BatchEngine(edge.load_bundle(path))
+
+
+def test_cli_and_refusals(streams_bundle, small_bundle, tmp_path, capsys):
+    w = tmp_path / "w.h5"
+    save_weights(small_weights(), str(w))
+    path = tmp_path / "b"
+    shutil.copytree(small_bundle, path)
+    m = json.loads((path / "manifest.json").read_text())
+    m["quantization"] = "int16x8"
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ConvertError, match="not dtln int16x8"):
+        add_to_bundle(str(path), str(w), 2, [noise_audio(0.4)])
+    path2 = tmp_path / "b2"
+    shutil.copytree(streams_bundle, path2)
+    assert main([str(path2), "--weights", str(w), "--batch", "2", "-q"]) == 0
+    assert capsys.readouterr().out.strip() == str(path2)
+    b = edge.load_bundle(path2)
+    assert b.manifest["streams"]["batch"] == 2 and not (path2 / f"mask_b{BATCH}.tflite").exists()
+    assert BatchEngine(b).capacity == 2
