@@ -144,6 +144,18 @@ def _recv_all(s: socket.socket) -> bytes:
     return got
 
 
+def _send_until_blocked(s: socket.socket, msg: bytes, limit_s: float) -> int | None:
+    """Send ``msg`` again and again until a send blocks (the socket's timeout); the bytes sent, None if never."""
+    sent, t0 = 0, time.monotonic()
+    try:
+        while time.monotonic() - t0 < limit_s:
+            s.sendall(msg)
+            sent += len(msg)
+    except (socket.timeout, OSError):
+        return sent
+    return None
+
+
 def test_bad_clients_are_dropped_while_others_are_served(serve, small_bundle):
     srv = serve(small_bundle, "--max-message-bytes", "65536", "--idle-timeout", "2.5",
                 "--output-buffer-bytes", "16384")
@@ -194,16 +206,8 @@ def test_bad_clients_are_dropped_while_others_are_served(serve, small_bundle):
     slow.settimeout(0.5)
     slow.sendall(b'{"type":"start"}\n')
     rss0 = srv.status()["process"]["rss_bytes"]
-    sent = 0
-    msg = b'{"type":"audio","bytes":32000}\n' + pcm(1.0, 12)
-    t0 = time.monotonic()
-    try:
-        while time.monotonic() - t0 < 10:
-            slow.sendall(msg)
-            sent += len(msg)
-    except (socket.timeout, OSError):
-        pass
-    assert time.monotonic() - t0 < 10, "the server kept reading from a client that reads nothing"
+    sent = _send_until_blocked(slow, b'{"type":"audio","bytes":32000}\n' + pcm(1.0, 12), 10)
+    assert sent is not None, "the server kept reading from a client that reads nothing"
     paused = [s for s in srv.status()["streams"] if s["reading_paused"]]
     assert paused and paused[0]["output_buffered_bytes"] > 0
     rss1 = srv.status()["process"]["rss_bytes"]

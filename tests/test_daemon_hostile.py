@@ -100,6 +100,23 @@ def test_a_header_trickling_in_is_cut_at_the_header_deadline(serve, small_bundle
     assert srv.status()["totals"]["ends"] == {"slow": 1}
 
 
+def test_a_raw_stream_trickling_in_is_cut_at_the_minimum_rate(serve, small_bundle, tmp_path):
+    """Item 1: in raw mode one byte every half second held a connection as long as --idle-timeout allowed."""
+    port = free_port()
+    srv = serve(small_bundle, uri=f"tcp://127.0.0.1:{port}?mode=raw", control=f"unix://{tmp_path}/c.sock")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        t0, cut = time.monotonic(), False
+        while time.monotonic() - t0 < 20 and not cut:
+            try:
+                s.sendall(b"\x00")
+            except OSError:
+                cut = True
+                break
+            cut = bool(select.select([s], [], [], 0.5)[0]) and not _recv_until_closed(s, 5)
+    assert cut, "a raw client sending 2 bytes/s was not cut within 20 s (--min-rate 1024 after --header-timeout 5)"
+    _wait_for(lambda: srv.status()["totals"]["ends"] == {"slow": 1}, 10, "the end to be counted as slow")
+
+
 def test_one_peer_cannot_hold_every_slot(serve, small_bundle, tmp_path):
     """Item 1: idle connections from one address used to fill --max-connections for everybody."""
     port = free_port()
@@ -163,7 +180,7 @@ def test_accept_at_the_fd_limit_is_logged_once_and_recovers(serve, small_bundle)
     clients = []
     for _ in range(60):  # more than the server has fds for: the backlog takes the rest
         clients.append(_unix(path))
-    _wait_for(lambda: "out of file descriptors" in srv.text(), 20, "the server to reach its fd limit")
+    _wait_for(lambda: "accept()" in srv.text(), 20, "the server to reach its fd limit")
     time.sleep(3)  # a few retry periods at the limit
     text = srv.text()
     assert "Traceback" not in text, text[-3000:]
@@ -362,3 +379,18 @@ def test_a_hung_reload_does_not_stall_streams_with_one_worker(serve, small_bundl
     with open(model / "manifest.json", "wb") as f:  # let the load go on: the same bundle again
         f.write(manifest)
     _wait_for(lambda: srv.status()["totals"]["reloads"] == 1, 30, "the reload to finish")
+
+
+def test_a_reload_failing_with_any_error_is_counted(serve, small_bundle, tmp_path):
+    """Item 4 (daemon side): a load failing with a non-bundle error was a 'Task exception was never retrieved'."""
+    model = tmp_path / "model"
+    shutil.copytree(small_bundle, model)
+    srv = serve(str(model))
+    (model / "manifest.json").unlink()
+    (model / "manifest.json").mkdir()  # open() raises IsADirectoryError unless the loader checks first
+    srv.proc.send_signal(signal.SIGHUP)
+    _wait_for(lambda: srv.status()["totals"]["reload_failures"] == 1, 30, "the reload to fail")
+    with srv.client() as c:
+        assert c.describe()["sha256"] == edge.load_bundle(small_bundle).sha256
+    assert srv.stop() == 0
+    assert "never retrieved" not in srv.text() and "reload of" in srv.text()
