@@ -287,11 +287,11 @@ class Server:
     async def _end(self, s: Session) -> None:
         s.end_stream()
         s.phase = "closing"
+        self.ends[s.end_reason] = self.ends.get(s.end_reason, 0) + 1
         try:
             await s.close()
         finally:
-            del self.sessions[s.id]  # only now: status counts a connection until its socket is released
-            self.ends[s.end_reason] = self.ends.get(s.end_reason, 0) + 1
+            del self.sessions[s.id]  # only now: status counts a connection open until its socket is released
             fig = s.figures()
             self.recent.append(fig)
             log.info("conn %d: closed (%s): %.2f s of audio, real-time factor %s, %d deadline misses",

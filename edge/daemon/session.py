@@ -273,32 +273,41 @@ class Session:
 
     # -- the end ------------------------------------------------------------------------------------------------------
     async def close(self) -> None:
-        """Release the socket for certain: a short graceful close, else ``abort()`` (unsent output is dropped).
+        """Release the socket for certain: a bounded graceful close, else ``abort()`` (unsent output is dropped).
 
         A client that does not read would otherwise keep its transport - fd and buffered output - for ever.
         """
         transport = self.writer.transport
-        if self.end_reason in ABORT_AT_ONCE or transport.is_closing() and transport.get_write_buffer_size():
-            transport.abort()
-        else:
+        if self.end_reason not in ABORT_AT_ONCE and not transport.is_closing():
+            # As long as a reader may lag (--idle-timeout) for our last bytes, then 1 s for its close; when the
+            # server is stopping, 2 s in all (systemd's stop timeout must not pass).
+            grace = 2.0 if self.server.stopping else (self.limits.idle_timeout or 30.0) + 1.0
             try:
-                if self.writer.can_write_eof():
-                    self.writer.write_eof()
-                # Read what the client still sends until it closes, so that closing does not reset a TCP
-                # connection (which could discard our last answer before the client read it).
-                await asyncio.wait_for(self._discard_input(), 1.0)
+                await asyncio.wait_for(self._close_gracefully(), grace)
             except (asyncio.TimeoutError, OSError, ConnectionError, RuntimeError):
                 pass
-            if transport.get_write_buffer_size():
-                transport.abort()
-            else:
-                transport.close()
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
         try:
             await asyncio.wait_for(self.writer.wait_closed(), 1.0)
         except NotImplementedError:  # a stdio pipe writer has no close waiter
             pass
         except (OSError, asyncio.TimeoutError, ConnectionError):
             transport.abort()
+
+    async def _close_gracefully(self) -> None:
+        self.writer.transport.set_write_buffer_limits(high=0)  # drain() now waits for the last byte to go
+        await self.writer.drain()
+        if self.writer.can_write_eof():
+            self.writer.write_eof()
+        # Read what the client still sends until it closes, so that closing does not reset a TCP connection
+        # (which could discard our last answer before the client read it).
+        try:
+            await asyncio.wait_for(self._discard_input(), 1.0)
+        except asyncio.TimeoutError:
+            pass
 
     async def _discard_input(self) -> None:
         while await self.reader.read(65536):
