@@ -239,6 +239,7 @@ def main() -> int:
         proc.terminate()
         rc = proc.wait(30)
     doc = report(args, model, samples, soak, final, rc)
+    doc.update(rows_and_goals(doc))
     print(json.dumps({k: doc[k] for k in ("rss_mib", "rss_growth_after_5_min_mib", "good_clients")}, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
@@ -285,6 +286,30 @@ def report(args, model: str, samples: list, soak: Soak, final: dict, rc: int) ->
         "errors_sample": soak.errors[:10],
         "samples": samples,
     }
+
+
+def rows_and_goals(doc: dict) -> dict:
+    """The figures as rows and the goal as a check, in the form bench/report.py renders."""
+    rows = [{"what": f"server RSS at {k.replace('_', ' ')}", "unit": "MiB", "median": v, "min": v, "max": v, "n": 1}
+            for k, v in doc["rss_mib"].items() if v is not None]
+    fds = [x["open_fds"] for x in doc["samples"]]
+    if fds:
+        rows.append({"what": "server open fds over the run (median column: at the end)", "unit": "fds",
+                     "median": fds[-1], "min": min(fds), "max": max(fds), "n": len(fds)})
+    good = doc["good_clients"]
+    rows.append({"what": f"good clients' late chunks ({good['chunks']} chunks, {good['streams']} streams)",
+                 "unit": "%", "median": 100 * good["late_fraction"], "n": good["chunks"]})
+    if good["round_trip_ms"]:
+        rt = good["round_trip_ms"]
+        rows.append({"what": f"good clients' chunk round trip (p99 {rt['p99']:.1f} ms)", "unit": "ms",
+                     "median": rt["median"], "min": rt["min"], "max": rt["max"], "n": rt["n"]})
+    growth = doc["rss_growth_after_5_min_mib"]
+    mb = None if growth is None else round(growth * 2**20 / 1e6, 2)
+    goals = [{"what": "RSS growth after the first 5 minutes (MB)", "value": mb, "goal": "<= 10 MB",
+              "met": mb is not None and mb <= 10}]
+    notes = [f"{doc['server']['connections']} connections; ends: {doc['server']['ends']}; hostile clients: "
+             f"{doc['hostile_clients']}. A chunk is late when its answer takes longer than its 32 ms of audio."]
+    return {"rows": rows, "goals": goals, "notes": notes}
 
 
 if __name__ == "__main__":
