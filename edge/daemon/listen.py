@@ -101,6 +101,7 @@ class Listener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._closed = False
+        self._tasks: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -120,7 +121,9 @@ class Listener:
                 log.warning("accepting on %s again (after %d failed accept() calls)", self.ep, self.accept_failures)
                 self._paused_since_failure = False
             conn.setblocking(False)
-            self._loop.create_task(self._serve(conn))
+            task = self._loop.create_task(self._serve(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _pause(self, exc: OSError) -> None:
         self.accept_failures += 1
