@@ -156,7 +156,8 @@ class Soak:
 
 def start_server(model: str, tmp: Path, workers: int | None) -> tuple[subprocess.Popen, str]:
     uri = f"unix://{tmp}/soak.sock"
-    cmd = [sys.executable, "-m", "edge.cli", "serve", "--model", model, "--uri", uri, "--idle-timeout", "5",
+    # --idle-timeout above the flooder's pause between messages, so that only the hostile clients are cut
+    cmd = [sys.executable, "-m", "edge.cli", "serve", "--model", model, "--uri", uri, "--idle-timeout", "10",
            "--header-timeout", "5", "--output-buffer-bytes", "65536", "-q"]
     if workers:
         cmd += ["--workers", str(workers)]
@@ -204,7 +205,8 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=30.0, help="length of the soak (default 30)")
     p.add_argument("--good", type=int, default=4, help="good clients streaming at a time (default 4)")
     p.add_argument("--flood-interval", type=float, default=5.0,
-                   help="seconds between the flooder's 1 MiB messages (default 5)")
+                   help="seconds between the flooder's 1 MiB messages (default 5; keep it under the server's "
+                        "--idle-timeout of 10 s)")
     p.add_argument("--workers", type=int, default=None, help="serve --workers (default: serve's default)")
     p.add_argument("--without", nargs="*", default=[], choices=["slowloris", "nonreader", "flooder"],
                    help="leave these hostile clients out (to find which one a growth comes with)")
