@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import REPO, WORK, example_hops, skip, summary, write_result  # noqa: I001
+from common import REPO, WORK, example_hops, skip, summary, write_result
 
-import edge  # noqa: E402
+import edge
 
 MAX_ABS = {"none": 1e-5}
 SNR_DB = {"float16": 60.0, "dynamic": 30.0}

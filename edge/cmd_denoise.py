@@ -12,7 +12,7 @@ import numpy as np
 
 from .audio import EXTENSIONS, fit_length, float_to_pcm16, pcm16_to_float, resample
 from .bundle import Bundle
-from .cli import add_model_options, model_and_options, positive_int  # edge/daemon.py still imports them from here
+from .cli import add_model_options, model_and_options, positive_int
 from .errors import AudioError, BundleError
 from .files import denoise_file, remove_stale_temps
 from .options import Options

@@ -1,10 +1,11 @@
-"""`edge-denoise serve`/`status`/`live`: real server processes and sockets, each bounded in time."""
+"""`edge-denoise serve`/`status`: real server processes and sockets, each bounded in time."""
 
 from __future__ import annotations
 
 import configparser
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -19,98 +20,18 @@ import numpy as np
 import pytest
 
 import edge
-from edge.cmd_denoise import denoise_array
-from edge.daemon import Client, DaemonError, float_to_pcm16, parse_uri, pcm16_to_float, request_status
+from edge.daemon import Client, DaemonError, parse_uri
 
 from .conftest import REPO, noise_audio, small_weights
+from .daemon_util import CLI, RATE, free_port, offline, pcm, start_servers, stream
 
-CLI = [sys.executable, "-m", "edge.cli"]
-RATE = 16000
-
-
-# -- helpers --------------------------------------------------------------------------------------------
-def pcm(seconds: float, seed: int) -> bytes:
-    """A different test signal per seed: noise plus a tone, int16 (what a client would send)."""
-    n = int(RATE * seconds)
-    t = np.arange(n) / RATE
-    x = 0.1 * np.random.default_rng(seed).standard_normal(n) + 0.2 * np.sin(2 * np.pi * (200 + 37 * seed) * t)
-    return float_to_pcm16(x.astype(np.float32))
-
-
-def offline(data: bytes, bundle: str) -> bytes:
-    """`edge-denoise denoise` on the same int16 input, quantised as the server quantises."""
-    x = pcm16_to_float(data)
-    return float_to_pcm16(denoise_array(x[:, None], RATE, edge.load_bundle(bundle), edge.Options())[:, 0])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`edge-denoise serve` in a child process; stopped (SIGTERM, then kill) when the test ends."""
-
-    def __init__(self, tmp: Path, model: str, *extra: str, uri: str | None = None, control: str | None = None):
-        self.uri = uri or f"unix://{tmp}/s.sock"
-        self.control = control or (f"unix://{tmp}/s.control.sock" if self.uri.startswith("unix://") else None)
-        self.log = tmp / f"serve-{time.monotonic_ns()}.log"
-        cmd = CLI + ["serve", "--model", model, "--uri", self.uri, *extra]
-        if control:
-            cmd += ["--control", control]
-        self._log = open(self.log, "wb")
-        self.proc = subprocess.Popen(cmd, stderr=self._log, stdout=subprocess.DEVNULL, cwd=REPO)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self.status()
-                break
-            except (DaemonError, OSError):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise AssertionError(f"serve did not come up: {self.log.read_text()[-2000:]}") from None
-                time.sleep(0.1)
-
-    def status(self) -> dict:
-        return request_status(parse_uri(self.control), timeout=5)
-
-    def client(self, timeout: float = 20.0, **kw) -> Client:
-        return Client(self.uri, timeout=timeout, **kw)
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
+DEFAULT_BUNDLE = "pretrained_model/dtln-published/float32"
+"""The default bundle the units tell users to copy (the lead ships it on main)."""
 
 
 @pytest.fixture
 def serve(tmp_path):
-    servers = []
-
-    def start(model, *extra, **kw):
-        s = Server(tmp_path, model, *extra, **kw)
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        s.stop()
-
-
-def stream(client: Client, data: bytes, chunk: int) -> bytes:
-    client.start()
-    out = [client.send(data[i:i + chunk]) for i in range(0, len(data), chunk)]
-    return b"".join(out) + client.stop()
+    yield from start_servers(tmp_path)
 
 
 # -- serve: correctness ---------------------------------------------------------------------------------
@@ -223,6 +144,18 @@ def _recv_all(s: socket.socket) -> bytes:
     return got
 
 
+def _send_until_blocked(s: socket.socket, msg: bytes, limit_s: float) -> int | None:
+    """Send ``msg`` again and again until a send blocks (the socket's timeout); the bytes sent, None if never."""
+    sent, t0 = 0, time.monotonic()
+    try:
+        while time.monotonic() - t0 < limit_s:
+            s.sendall(msg)
+            sent += len(msg)
+    except (socket.timeout, OSError):
+        return sent
+    return None
+
+
 def test_bad_clients_are_dropped_while_others_are_served(serve, small_bundle):
     srv = serve(small_bundle, "--max-message-bytes", "65536", "--idle-timeout", "2.5",
                 "--output-buffer-bytes", "16384")
@@ -273,16 +206,8 @@ def test_bad_clients_are_dropped_while_others_are_served(serve, small_bundle):
     slow.settimeout(0.5)
     slow.sendall(b'{"type":"start"}\n')
     rss0 = srv.status()["process"]["rss_bytes"]
-    sent = 0
-    msg = b'{"type":"audio","bytes":32000}\n' + pcm(1.0, 12)
-    t0 = time.monotonic()
-    try:
-        while time.monotonic() - t0 < 10:
-            slow.sendall(msg)
-            sent += len(msg)
-    except (socket.timeout, OSError):
-        pass
-    assert time.monotonic() - t0 < 10, "the server kept reading from a client that reads nothing"
+    sent = _send_until_blocked(slow, b'{"type":"audio","bytes":32000}\n' + pcm(1.0, 12), 10)
+    assert sent is not None, "the server kept reading from a client that reads nothing"
     paused = [s for s in srv.status()["streams"] if s["reading_paused"]]
     assert paused and paused[0]["output_buffered_bytes"] > 0
     rss1 = srv.status()["process"]["rss_bytes"]
@@ -455,9 +380,15 @@ def test_systemd_units(unit):
     args = build_parser().parse_args(argv)  # the unit's command line is one this CLI accepts
     assert args.command in ("serve", "live")
     assert "WantedBy" in cfg["Install"]
+    text = (REPO / "packaging" / unit).read_text()
+    for rel in re.findall(r"pretrained_model/[\w./-]+", text):  # what the header tells users to copy exists
+        assert rel == DEFAULT_BUNDLE or (REPO / rel / "manifest.json").is_file(), f"{unit}: {rel} does not exist"
+    if args.command == "serve":  # no world-writable socket: group access, a token, or the user's own folder
+        assert args.socket_mode & 0o007 == 0, f"{unit}: --socket-mode {args.socket_mode:o} lets every user in"
+        if svc.get("DynamicUser") == "yes":
+            assert args.socket_group and args.socket_group in svc.get("SupplementaryGroups", "").split()
 
 
-# -- live -----------------------------------------------------------------------------------------------
 def test_bench_daemon_streams_runs(small_bundle, tmp_path):
     out = tmp_path / "daemon.json"
     r = subprocess.run([sys.executable, str(REPO / "bench" / "daemon_streams.py"), "--model", small_bundle,
@@ -467,130 +398,3 @@ def test_bench_daemon_streams_runs(small_bundle, tmp_path):
     doc = json.loads(out.read_text())
     assert doc["bench"] == "daemon" and doc["trials"][0]["streams"] == 1 and doc["trials"][0]["chunks"] > 0
     assert {"p50", "p99"} <= set(doc["added_latency_ms"]["1_stream"]) and doc["rows"]
-
-
-def test_import_and_cli_work_without_sounddevice(small_bundle):
-    code = ("import sys; sys.modules['sounddevice'] = None\n"
-            "import edge, edge.cli\n"
-            "edge.cli.build_parser()\n"
-            "assert 'sounddevice' not in [m for m, v in sys.modules.items() if v is not None]\n"
-            "sys.exit(edge.cli.main(['live', '--model', sys.argv[1], '--list-devices']))\n")
-    r = subprocess.run([sys.executable, "-c", code, small_bundle], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2, r.stderr
-    assert "live audio needs sounddevice" in r.stderr
-
-
-class FakeStream:
-    """Stands in for a PortAudio duplex stream: a thread calls the pipeline's callback with a signal.
-
-    A mock, because this machine may have no sound device: it drives the same callbacks PortAudio
-    would, in lock step (each callback waits until the worker has caught up) so the output is exact.
-    """
-
-    def __init__(self, pipeline, x: np.ndarray, blocksize: int, lockstep: bool = True, die_after: int | None = None):
-        self.p, self.x, self.bs = pipeline, x, blocksize
-        self.out: list[np.ndarray] = []
-        self.active = True
-        self.lockstep = lockstep
-        self.die_after = die_after
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        for k, i in enumerate(range(0, len(self.x) - self.bs + 1, self.bs)):
-            if not self.active or (self.die_after is not None and k >= self.die_after):
-                break
-            indata = self.x[i:i + self.bs, None].copy()
-            outdata = np.full((self.bs, 1), np.nan, np.float32)
-            self.p.callback(indata, outdata, self.bs, None, None)
-            self.out.append(outdata[:, 0].copy())
-            deadline = time.monotonic() + 5
-            while self.lockstep and not self.p.idle and time.monotonic() < deadline:
-                time.sleep(0.0005)
-        self.active = False
-
-    def abort(self) -> None:
-        self.active = False
-        self.thread.join(5)
-
-    def close(self) -> None:
-        pass
-
-
-def test_live_pipeline_with_a_fake_stream_is_exact(small_bundle):
-    """MOCK (no sound device needed): the queue/worker/cushion path gives the model's output, delayed."""
-    from edge.live import LivePipeline, Supervisor
-
-    bundle = edge.load_bundle(small_bundle)
-    x = noise_audio(1.0, 7)
-    for blocksize in (128, 64, 300):
-        p = LivePipeline(bundle, edge.Options(), blocksize)
-        streams = []
-
-        def opener(pipe, x=x, blocksize=blocksize, streams=streams):
-            streams.append(FakeStream(pipe, x, blocksize))
-            return streams[-1]
-
-        stop = threading.Event()
-        sup = Supervisor(p, opener, stop, duration=(len(x) // blocksize) * blocksize / RATE, stall_s=5)
-        st = sup.run()
-        got = np.concatenate(streams[0].out)
-        den = edge.StreamingDenoiser(bundle)
-        want = np.concatenate([np.zeros(p.prefill, np.float32), den.process(x[:len(got)])])[:len(got)]
-        assert st.overruns == st.underruns == 0
-        np.testing.assert_array_equal(got, want)
-
-
-def test_live_counts_overruns_and_underruns_and_reopens(small_bundle):
-    """MOCK: a device that floods input, one that dies, one that cannot open: counted, never fatal."""
-    from edge.live import LivePipeline, Supervisor
-
-    bundle = edge.load_bundle(small_bundle)
-    x = noise_audio(3.0, 8)
-    p = LivePipeline(bundle, edge.Options(), 128, queue_seconds=0.02)
-    opens = []
-
-    def opener(pipe):
-        opens.append(len(opens))
-        if len(opens) == 1:
-            raise OSError("device busy")
-        if len(opens) == 2:  # floods callbacks with no waiting, then dies
-            return FakeStream(pipe, x, 128, lockstep=False, die_after=200)
-        return FakeStream(pipe, x, 128)
-
-    sup = Supervisor(p, opener, threading.Event(), duration=1.0, backoff=(0.01, 0.05), stall_s=1.0)
-    st = sup.run()
-    assert len(opens) >= 3
-    assert st.device_errors >= 2 and st.reopens >= 1
-    assert st.overruns > 0  # the flood outran the small queue
-    assert st.seconds_in >= 1.0
-    # starve the output: no worker running, so callbacks find the cushion, then nothing
-    q = LivePipeline(bundle, edge.Options(), 128)
-    out = np.zeros((128, 1), np.float32)
-    for _ in range(5):
-        q.callback(np.zeros((128, 1), np.float32), out, 128, None, None)
-    assert q.stats.underruns == 5 - q.prefill // 128
-
-
-def test_live_through_a_real_pulseaudio_server(small_bundle, tmp_path):
-    """Real sound server: a WAV into a PulseAudio pipe source, `edge-denoise live`, the pipe sink read back."""
-    out = tmp_path / "live.json"
-    # Real-time audio on a shared 2-core machine can glitch when other work runs: up to three tries,
-    # each judged in full; a machine without a sound server skips on the first.
-    for _ in range(3):
-        r = subprocess.run([sys.executable, str(REPO / "bench" / "live_pulse.py"), "--model", small_bundle, "--out",
-                            str(out), "--min-exact", "0.5", "--timeout", "60"], capture_output=True, text=True,
-                           timeout=150, cwd=REPO)
-        result = json.loads(out.read_text()) if out.exists() else {}
-        if r.returncode in (0, 3):
-            break
-    if r.returncode == 3:
-        pytest.skip(f"no PulseAudio/PortAudio here: {result.get('skipped')}")
-    assert r.returncode == 0, (result or r.stderr[-2000:])
-    assert result["live_rc"] == 0 and result["input_exact"]  # the file reached the denoiser sample for sample
-    assert result["segments_exact"] >= result["segments"] // 2  # the denoised audio came back sample for sample
-    st = result["live_stats"]
-    # A change of alignment between input and output means the device glitched: the counters saw it
-    # (one PortAudio underflow flag can stand for several ALSA recoveries, so not one count per shift).
-    glitches = st["underruns"] + st["overruns"] + st["input_overflows"] + st["output_underflows"]
-    assert len(result["alignments"]) == 1 or glitches > 0

@@ -18,9 +18,9 @@ from .conftest import noise_audio, small_weights
 
 pytest.importorskip("tensorflow", reason="the converter needs TensorFlow (pip install .[convert])")
 
-from convert.batched import add_to_bundle, main  # noqa: E402
-from convert.dtln import save_weights  # noqa: E402
-from convert.errors import ConvertError, WeightsError  # noqa: E402
+from convert.batched import add_to_bundle, main
+from convert.dtln import save_weights
+from convert.errors import ConvertError, WeightsError
 
 FRAMES = 8
 TOL = 1e-5  # float32 verification tolerance (max abs sample difference)
