@@ -44,15 +44,19 @@ def bundle_files(rel: str) -> list[str]:
 
 
 class BuildWithBundles(build_py):
-    """build_py that adds the default bundles to package ``edge`` (sdist takes the same list)."""
+    """build_py that adds the default bundles to package ``edge``; sdist's file list takes the same entries."""
 
-    def _get_data_files(self):
-        files = super()._get_data_files()
+    def _bundles(self) -> list[tuple[str, str, str, list[str]]]:
         if getattr(self, "editable_mode", False):
-            return files  # an editable install runs from the checkout, which has pretrained_model/ itself
+            return []  # an editable install runs from the checkout, which has pretrained_model/ itself
         names = sorted({f for rel in default_bundles() for f in bundle_files(rel)})
-        build_dir = os.path.join(self.build_lib, "edge", "_bundles")
-        return files + [("edge", os.path.join("pretrained_model"), build_dir, names)]
+        return [("edge", "pretrained_model", os.path.join(self.build_lib, "edge", "_bundles"), names)]
+
+    def _get_data_files(self):  # wheel (build_py)
+        return super()._get_data_files() + self._bundles()
+
+    def get_data_files_without_manifest(self):  # sdist (egg_info's file list)
+        return super().get_data_files_without_manifest() + self._bundles()
 
 
 if __name__ == "__main__":  # setuptools runs this file as __main__; tests import it for its helpers
