@@ -39,20 +39,37 @@ def _roots() -> list[tuple[str, Path]]:
 
 
 def default_model() -> str:
-    """``$EDGE_DENOISE_MODEL``, else the first of ``DEFAULT_BUNDLES`` found in the checkout, the package
-    data or ``./pretrained_model``."""
+    """``$EDGE_DENOISE_MODEL``, else the first of ``DEFAULT_BUNDLES`` in the checkout, the package data or
+    ``./pretrained_model`` whose manifest lists the interpreter installed here (else the first found, which
+    the runtime then refuses with the list of interpreters it runs on)."""
     env = os.environ.get(ENV)
     if env:
         return env
-    looked = []
+    looked, found = [], []
     for _, root in _roots():
         for rel in DEFAULT_BUNDLES:
             folder = root / Path(rel).relative_to("pretrained_model")
             looked.append(str(folder))
             if (folder / MANIFEST).is_file():
-                return str(folder)
-    raise BundleError("no --model given and no default bundle found (looked in " + ", ".join(looked)
-                      + f"); pass --model DIR or set {ENV}")
+                found.append(folder)
+    if not found:
+        raise BundleError("no --model given and no default bundle found (looked in " + ", ".join(looked)
+                          + f"); pass --model DIR or set {ENV}")
+    return str(next((f for f in found if runs_here(f)), found[0]))
+
+
+def runs_here(folder: Path) -> bool:
+    """Whether the bundle's manifest lists the interpreter package installed here (unreadable: True, and
+    loading it says what is wrong)."""
+    from .interpreter import interpreter_package  # noqa: PLC0415 (no interpreter import at edge import)
+
+    try:
+        with open(folder / MANIFEST, encoding="utf-8") as f:
+            runtimes = json.load(f).get("runtimes")
+    except (OSError, ValueError, AttributeError):
+        return True
+    pkg = interpreter_package()
+    return not runtimes or not isinstance(runtimes, list) or runtime_listed(runtimes, pkg.name, pkg.version)
 
 
 def find_bundles() -> list[Found]:
@@ -95,20 +112,16 @@ def scores(folder: Path) -> dict[str, float] | None:
 
 def describe(found: Found, default: str | None) -> dict[str, Any]:
     """One row of ``edge-denoise models``: read from the manifest only (nothing is loaded or run)."""
-    from .interpreter import interpreter_package  # noqa: PLC0415 (no interpreter import at edge import)
-
     row: dict[str, Any] = {"path": str(found.path), "source": found.source,
                            "default": default is not None and found.path.resolve() == Path(default).resolve()}
     try:
         with open(found.path / MANIFEST, encoding="utf-8") as f:
             m = json.load(f)
-        pkg = interpreter_package()
-        runtimes = m.get("runtimes")
         row.update(name=m.get("name", found.path.name), family=m.get("family"), quantization=m.get("quantization"),
                    latency_ms=round(1000 * m["latency_samples"] / m["sample_rate"], 1),
                    bytes=sum(int(s.get("bytes", 0)) for s in m.get("submodels", [])),
                    golden="golden" in m,
-                   runs_here=not runtimes or runtime_listed(list(runtimes), pkg.name, pkg.version),
+                   runs_here=runs_here(found.path),
                    vbd23=scores(found.path))
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as exc:
         row["error"] = f"unreadable manifest ({exc.__class__.__name__}: {exc})"

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from edge.cli import main
-from edge.models import DEFAULT_BUNDLES, default_model
+from edge.models import DEFAULT_BUNDLES, default_model, runs_here
 
 from .conftest import EXAMPLE, REPO
 
@@ -98,10 +98,28 @@ def test_installed_wheel_denoises_from_any_folder_with_no_model_option(tmp_path)
     code = "import edge, sys; from edge.cli import main; print(edge.__file__, file=sys.stderr); sys.exit(main())"
     r = subprocess.run([sys.executable, "-c", code, "denoise", "in.wav", "-o", "out.wav"], cwd=work, env=env,
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
     assert r.stderr.splitlines()[0].startswith(str(target))  # the installed package ran, not the checkout
-    y, sr = sf.read(work / "out.wav")
-    assert sr == 16000 and len(y) == 16000 and np.any(y != 0)
+    if not any(runs_here(REPO / rel) for rel in DEFAULT_BUNDLES):  # e.g. tflite-runtime and a dynamic default
+        assert r.returncode == 2 and "is not a runtime this" in r.stderr, r.stderr
+    else:
+        assert r.returncode == 0, r.stderr
+        y, sr = sf.read(work / "out.wav")
+        assert sr == 16000 and len(y) == 16000 and np.any(y != 0)
     r = subprocess.run([sys.executable, "-c", code, "models"], cwd=work, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and "package" in r.stdout, r.stderr
+
+
+def test_default_is_the_first_default_bundle_that_runs_here(tmp_path, monkeypatch):
+    import edge.models as models
+    from edge.interpreter import interpreter_package
+
+    for name, runtimes in (("x", ["some-other-interpreter"]), ("y", [interpreter_package().name])):
+        (tmp_path / "fam" / name).mkdir(parents=True)
+        (tmp_path / "fam" / name / "manifest.json").write_text(json.dumps({"runtimes": runtimes}))
+    monkeypatch.delenv("EDGE_DENOISE_MODEL", raising=False)
+    monkeypatch.setattr(models, "CHECKOUT_DIR", tmp_path)
+    monkeypatch.setattr(models, "DEFAULT_BUNDLES", ("pretrained_model/fam/x", "pretrained_model/fam/y"))
+    assert default_model() == str(tmp_path / "fam" / "y")
+    monkeypatch.setattr(models, "DEFAULT_BUNDLES", ("pretrained_model/fam/x",))
+    assert default_model() == str(tmp_path / "fam" / "x")  # none runs here: the first, which load then refuses
