@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -51,6 +52,11 @@ class BuildWithBundles(build_py):
             return []  # an editable install runs from the checkout, which has pretrained_model/ itself
         names = sorted({f for rel in default_bundles() for f in bundle_files(rel)})
         return [("edge", "pretrained_model", os.path.join(self.build_lib, "edge", "_bundles"), names)]
+
+    def run(self):
+        if not getattr(self, "editable_mode", False):  # a reused build/ must not carry an earlier default
+            shutil.rmtree(os.path.join(self.build_lib, "edge", "_bundles"), ignore_errors=True)
+        super().run()
 
     def _get_data_files(self):  # wheel (build_py)
         return super()._get_data_files() + self._bundles()

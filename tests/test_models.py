@@ -39,6 +39,9 @@ def test_models_lists_every_shipped_bundle_with_its_scores(capsys, monkeypatch):
         r = rows[os.path.realpath(p)]
         assert r["source"] == "checkout" and r["golden"] is True
         assert r["name"] == json.loads((p / "manifest.json").read_text())["name"]
+        if not (p.parent / "scores.json").is_file():
+            assert r["vbd23"] is None
+            continue
         scores = json.loads((p.parent / "scores.json").read_text())["modes"]
         entry = next(e for e in scores.values() if e.get("folder") == p.name)
         assert r["vbd23"]["pesq_wb"] == entry["vbd23"]["means"]["pesq_wb"]
