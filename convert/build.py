@@ -25,6 +25,7 @@ import edge
 from edge.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, TensorSpec, load_bundle, sha256_bytes
 from edge.interpreter import interpreter_package
 
+from . import golden
 from .errors import ConvertError, VerificationError
 from .export import op_names, tensor_table, to_tflite
 from .families import family_of_weights
@@ -141,8 +142,9 @@ def _convert_into(fam: Family, plan: Plan, weights, m: Mode, folder: str, name: 
 def _add_to_verified(folder: str, bundle: Bundle, job: Conversion) -> Bundle:
     """The place for steps that add to a verified bundle before it is renamed into place (a golden pair,
     batched submodels): each writes into ``folder``; one that rewrites manifest.json returns
-    ``load_bundle(folder)`` so that the bundle returned matches the files. None yet: the bundle as it is."""
-    return bundle
+    ``load_bundle(folder)`` so that the bundle returned matches the files."""
+    golden.add(folder, job.verify_audio[0], job.verify_names[0])  # the pair `edge-denoise check` runs on a device
+    return load_bundle(folder)
 
 
 def _write_submodels(plan: Plan, m: Mode, folder: str, records: dict | None, progress: Progress,
@@ -254,8 +256,9 @@ def _write_manifest(folder: str, manifest: dict) -> bytes:
 
 
 def bundle_bytes(folder: str | os.PathLike[str]) -> int:
-    """Bytes on disk of a bundle's model files (submodels and arrays; the manifest left out)."""
-    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.name != MANIFEST)
+    """Bytes on disk of a bundle's model files (submodels and arrays; the manifest and golden pair left out)."""
+    return sum(p.stat().st_size for p in Path(folder).iterdir()
+               if p.name != MANIFEST and p.name not in golden.FILES)
 
 
 def example_files() -> list[Path]:

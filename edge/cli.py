@@ -13,7 +13,8 @@ from .errors import EdgeError
 from .options import Options
 
 # module -> each defines register(subparsers); a subcommand's handler returns the exit code.
-SUBCOMMAND_MODULES = ("edge.cmd_denoise", "edge.evaluate", "edge.daemon", "edge.live", "edge.profile")
+SUBCOMMAND_MODULES = ("edge.cmd_denoise", "edge.evaluate", "edge.daemon", "edge.live", "edge.profile", "edge.check",
+                      "edge.models")
 
 
 def positive_int(text: str) -> int:
@@ -35,10 +36,11 @@ def add_model_options(p: argparse.ArgumentParser, several: bool = False) -> None
     if several:
         p.add_argument("--model", "-m", metavar="DIR", action="append", default=None,
                        help="bundle folder; repeat to measure several in one interleaved run "
-                            "(default: $EDGE_DENOISE_MODEL, else the shipped dtln-16k bundle)")
+                            "(default: $EDGE_DENOISE_MODEL, else the default bundle: see `edge-denoise models`)")
     else:
         p.add_argument("--model", "-m", metavar="DIR", default=None,
-                       help="bundle folder (default: $EDGE_DENOISE_MODEL, else the shipped dtln-16k bundle)")
+                       help="bundle folder (default: $EDGE_DENOISE_MODEL, else the default bundle: "
+                            "see `edge-denoise models`)")
     p.add_argument("--threads", type=positive_int, default=1, help="interpreter threads per stream (default: 1)")
     p.add_argument("--xnnpack", action=argparse.BooleanOptionalAction, default=True,
                    help="use the XNNPACK delegate (default: on)")
@@ -67,7 +69,7 @@ class ModelOptions:
         """The bundle folders to run: as given, else the default one."""
         if self.models:
             return list(self.models)
-        from .cmd_denoise import default_model
+        from .models import default_model
 
         return [default_model()]
 

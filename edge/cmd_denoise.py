@@ -12,27 +12,12 @@ import numpy as np
 
 from .audio import EXTENSIONS, fit_length, float_to_pcm16, pcm16_to_float, resample
 from .bundle import Bundle
+from .check import add_check_option, check_at_start
 from .cli import add_model_options, model_and_options, positive_int
-from .errors import AudioError, BundleError
+from .errors import AudioError
 from .files import denoise_file, remove_stale_temps
 from .options import Options
 from .stream import AlignedStream
-
-SHIPPED = ("pretrained_model/dtln-16k/dynamic", "pretrained_model/dtln-16k/float32",
-           "pretrained_model/dtln-16k-int8/int8")
-
-
-def default_model() -> str:
-    """``$EDGE_DENOISE_MODEL``, else the shipped bundle (dtln-16k dynamic, its float32, dtln-16k-int8: first found)."""
-    env = os.environ.get("EDGE_DENOISE_MODEL")
-    if env:
-        return env
-    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
-        for rel in SHIPPED:
-            if (base / rel / "manifest.json").is_file():
-                return str(base / rel)
-    raise BundleError("no --model given and no shipped bundle found (looked for " + ", ".join(SHIPPED)
-                      + "); pass --model DIR or set EDGE_DENOISE_MODEL")
 
 
 def register(sub) -> None:
@@ -52,6 +37,7 @@ def register(sub) -> None:
                    help="files (or the channels of one file) denoised at once, one stream per thread "
                         f"(default: the cores this process may use, here {cores_available()})")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    add_check_option(p, default=False)
     p.set_defaults(func=run)
 
 
@@ -128,6 +114,8 @@ def run(args) -> int:
     jobs = cores_available() if args.jobs is None else args.jobs
     pairs = _plan(args.inputs, args.output)
     bundle, options = model_and_options(args)
+    if not check_at_start(args, bundle, options):
+        return 1
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     for folder in sorted({dst.parent for _, dst in pairs}):
         for stale in remove_stale_temps(folder):
@@ -167,6 +155,8 @@ def run(args) -> int:
 def _run_raw(args) -> int:
     """s16le interleaved PCM stdin -> stdout, streamed; output length equals input length."""
     bundle, options = model_and_options(args)
+    if not check_at_start(args, bundle, options):
+        return 1
     rate = args.rate or bundle.sample_rate
     if rate != bundle.sample_rate:
         raise AudioError(f"raw PCM at {rate} Hz: this bundle runs at {bundle.sample_rate} Hz; convert first "

@@ -95,6 +95,7 @@ def _limit_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
+    from ..check import add_check_option
     from ..cli import add_model_options
 
     p = sub.add_parser("serve", help="run the denoising daemon (foreground; one stream per connection)",
@@ -103,6 +104,7 @@ def register(sub) -> None:
                                    "denoised PCM out. Runs in the foreground and logs to stderr; SIGTERM drains and "
                                    "exits 0, SIGHUP reloads the model.")
     add_model_options(p)
+    add_check_option(p, default=True)
     p.add_argument("--uri", action="append", default=None, metavar="URI",
                    help="where to listen; repeat for several (default: $EDGE_DENOISE_URI, else "
                         "unix://$XDG_RUNTIME_DIR/edge-denoise.sock, else unix:///run/edge-denoise/edge-denoise.sock)")
@@ -152,6 +154,7 @@ def _endpoints(args, token: str | None) -> tuple[list[Endpoint], list[Endpoint]]
 
 
 def run(args) -> int:
+    from ..check import check_at_start
     from ..cli import model_and_options
 
     token = token_from(args)
@@ -160,6 +163,8 @@ def run(args) -> int:
         raise DaemonError("--workers: expected at least 1 inference thread, got 0")
     gid = group_id(args.socket_group) if args.socket_group else None
     bundle, options = model_and_options(args)
+    if not check_at_start(args, bundle, options):
+        return 1
     workers = args.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                else os.cpu_count() or 1)
     limits = Limits(max_connections=args.max_connections, max_per_peer=args.max_per_peer,
