@@ -49,7 +49,7 @@ def add_to_bundle(folder: str, weights_path: str, frames: int = DEFAULT_FRAMES, 
     per-block files; on any failure the folder stays as it was."""
     if frames < 2:
         raise ConvertError(f"--frames must be >= 2 (hops per call), got {frames}")
-    _, m = read_manifest(folder)
+    m = read_manifest(folder)
     md = batched_mode(m, folder, "T-block graphs")
     fam, weights = weights_for(m, weights_path)
     if fam.tblock_models is None:

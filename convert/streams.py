@@ -60,7 +60,7 @@ def add_to_bundle(folder: str, weights_path: str, batch: int = DEFAULT_BATCH, ve
     """Convert and verify batch-axis submodels in a scratch copy, then install them beside the bundle's files."""
     if batch < 1:
         raise ConvertError(f"--batch must be >= 1, got {batch}")
-    _, m = read_manifest(folder)
+    m = read_manifest(folder)
     fam, md = family(m.get("family")), mode(m.get("quantization"))
     if fam.batch_models is None or md.batched is None:
         with_graphs = [n for n in NAMES if family(n).batch_models is not None]

@@ -29,11 +29,11 @@ SECTIONS = (BATCHED, STREAMS)
 """Manifest sections that name files beside the per-block submodels."""
 
 
-def read_manifest(folder: str) -> tuple[edge.Bundle, dict]:
-    """The bundle (a bundle that does not load is not upgraded) and its manifest as a plain dict."""
-    bundle = load_bundle(folder)
+def read_manifest(folder: str) -> dict:
+    """The bundle's manifest as a plain dict, once the bundle loads (one that does not is not upgraded)."""
+    load_bundle(folder)
     with open(os.path.join(folder, MANIFEST)) as f:
-        return bundle, json.load(f)
+        return json.load(f)
 
 
 def batched_mode(m: Mapping, folder: str, what: str) -> Mode:
