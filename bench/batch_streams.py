@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import REPO, WORK, example_hops, skip, summary, write_result  # noqa: I001
+from common import REPO, WORK, example_hops, skip, summary, write_result
 
-import edge  # noqa: E402
-from edge.batch import BatchEngine  # noqa: E402
+import edge
+from edge.batch import BatchEngine
 
 
 def upgraded(folder: Path, weights: Path | None, batch: int) -> Path:
