@@ -30,9 +30,6 @@ from common import REPO, WORK, example_hops, skip, summary, write_result
 
 import edge
 
-MAX_ABS = {"none": 1e-5}
-SNR_DB = {"float16": 60.0, "dynamic": 30.0}
-
 
 def upgraded(folder: Path, weights: Path | None, frames: int) -> Path:
     """``folder`` itself when it has T-block graphs over ``frames`` hops, else an upgraded copy in WORK."""
@@ -94,8 +91,11 @@ def measure(bundle: edge.Bundle, x: np.ndarray, rounds: int, seconds: float) -> 
     speed = summary(ratios, 3)
     rows.append({"what": f"{tag}: speed-up of T-block over per-block (per-round CPU-time ratio)", "unit": "ratio",
                  **speed})
-    tol = f"max abs <= {MAX_ABS[mode]:g}" if mode in MAX_ABS else f"SNR >= {SNR_DB[mode]:g} dB"
-    same_ok = err <= MAX_ABS[mode] if mode in MAX_ABS else snr >= SNR_DB[mode]
+    v = bundle.batched.verification  # the tolerance the converter held it to (its mode's, convert/modes.py)
+    if "tolerance_max_abs_error" in v:
+        tol, same_ok = f"max abs <= {v['tolerance_max_abs_error']:g}", err <= v["tolerance_max_abs_error"]
+    else:
+        tol, same_ok = f"SNR >= {v['tolerance_snr_db']:g} dB", snr >= v["tolerance_snr_db"]
     return {"bundle": f"{bundle.name} ({mode}, {bundle.sha256[:8]})", "bundle_path": str(bundle.path),
             "frames": bundle.batched.frames, "rows": rows, "speed_up": speed,
             "output": {"max_abs_difference": err, "snr_db": snr, "tolerance": tol, "passed": bool(same_ok)}}

@@ -65,10 +65,11 @@ def _run(args) -> int:
 
     from . import batched, build, data
     from .families import family
+    from .modes import BATCHED, mode
 
     fam = family(args.family)
-    if args.frames and args.quantize not in batched.MODES:
-        raise ConvertError(f"--frames: T-block graphs exist for {', '.join(batched.MODES)} only, not {args.quantize}")
+    if args.frames and mode(args.quantize).batched is None:
+        raise ConvertError(f"--frames: T-block graphs exist for {', '.join(BATCHED)} only, not {args.quantize}")
     weights_path = args.weights
     if weights_path is None:
         default = fam.default_weights(args.quantize)

@@ -156,23 +156,30 @@ def _write_submodels(plan: Plan, m: Mode, folder: str, records: dict | None, pro
         progress.say(f"converting {io.name} ({m.name})")
         calib = (lambda recs=records[io.name]: iter(recs)) if records is not None else None
         content = to_tflite(model, io.inputs, m, calib)
-        ops = op_names(content)
-        bad = FORBIDDEN_OPS & set(ops)
-        if bad:
-            raise ConvertError(f"{io.name}: converted graph holds {sorted(bad)}; the streaming form must not")
-        ops_all |= set(ops)
         fname = f"{io.name}.tflite"
+        entry = submodel_entry(io, content, fname)
+        ops_all |= set(entry["ops"])
         with open(os.path.join(folder, fname), "wb") as f:
             f.write(content)
-        ins, outs = tensor_table(content)
-        submodels.append({
-            "name": io.name, "file": fname, "sha256": sha256_bytes(content), "bytes": len(content),
-            "inputs": [{"name": n, **ins[n]} for n, _ in io.inputs],
-            "outputs": [{"name": n, **outs[n]} for n, _ in io.outputs],
-            "data_input": io.data_input, "data_output": io.data_output, "states": dict(io.states),
-            "ops": ops,
-        })
+        submodels.append(entry)
     return submodels, ops_all
+
+
+def submodel_entry(io, content: bytes, fname: str, what: str = "") -> dict:
+    """The manifest entry of a converted submodel written as ``fname``; ConvertError when its graph holds
+    a forbidden op (``what`` says which kind of graph, for the message)."""
+    ops = op_names(content)
+    bad = FORBIDDEN_OPS & set(ops)
+    if bad:
+        raise ConvertError(f"{io.name}{what}: converted graph holds {sorted(bad)}; the streaming form must not")
+    ins, outs = tensor_table(content)
+    return {
+        "name": io.name, "file": fname, "sha256": sha256_bytes(content), "bytes": len(content),
+        "inputs": [{"name": n, **ins[n]} for n, _ in io.inputs],
+        "outputs": [{"name": n, **outs[n]} for n, _ in io.outputs],
+        "data_input": io.data_input, "data_output": io.data_output, "states": dict(io.states),
+        "ops": ops,
+    }
 
 
 def _write_arrays(arrays: dict[str, np.ndarray], folder: str) -> list[dict]:

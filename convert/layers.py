@@ -60,6 +60,48 @@ class LSTMStep(keras.layers.Layer):
         return h, c
 
 
+class SeqLSTM(keras.layers.Layer):
+    """An LSTM over a whole (T, n_in) sequence with explicit state: the input product for all T rows in one
+    matmul, then T unrolled steps (plain ops, no WHILE); same weights and sum order as ``LSTMStep``.
+    Returns (all T hidden rows, last h, last c)."""
+
+    def __init__(self, units, steps, clip_cell=None, clip_gates=None, **kw):
+        super().__init__(**kw)
+        self.units, self.steps = units, steps
+        self.clip_cell, self.clip_gates = clip_cell, clip_gates
+
+    def build(self, shapes):
+        n_in = shapes[0][-1]
+        self.kernel = self.add_weight(shape=(n_in, 4 * self.units), name="kernel")
+        self.recurrent_kernel = self.add_weight(shape=(self.units, 4 * self.units), name="recurrent_kernel")
+        self.bias = self.add_weight(shape=(4 * self.units,), name="bias")
+
+    def call(self, inputs):
+        x, h, c = inputs
+        zxs = ops.matmul(x, self.kernel)
+        hs = []
+        for t in range(self.steps):
+            zx = zxs[t:t + 1]  # a static slice per row: XNNPACK takes it (a 64-way SPLIT it does not)
+            z = zx + ops.matmul(h, self.recurrent_kernel) + self.bias
+            if self.clip_gates is not None:
+                z = ops.clip(z, -self.clip_gates, self.clip_gates)
+            i, f, g, o = ops.split(z, 4, axis=-1)
+            c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
+            if self.clip_cell is not None:
+                c = ops.clip(c, -self.clip_cell, self.clip_cell)
+            h = ops.sigmoid(o) * ops.tanh(c)
+            hs.append(h)
+        return concat_rows(hs), h, c
+
+
+def concat_rows(parts: list):
+    """Concatenate rows on axis 0 in groups of at most four (the widest CONCATENATION XNNPACK delegates)."""
+    while len(parts) > 1:
+        parts = [p[0] if len(p) == 1 else ops.concatenate(p, axis=0) for p in
+                 (parts[i:i + 4] for i in range(0, len(parts), 4))]
+    return parts[0]
+
+
 class QLSTMCell(keras.layers.Layer):
     """Training-time LSTM cell with clipped, int8 fake-quantised pre-activations, cell and hidden state."""
 

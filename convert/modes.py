@@ -2,8 +2,9 @@
 
 A mode names how the TFLite converter quantises (optimisation, float16 weights, integer op set and
 calibration), the SNR its bundle must reach against the float Keras reference, the interpreter
-packages its files were checked on, the folder a release ships it in, and the graph changes every
-family makes for it (see ``GRAPH_CHANGES``).
+packages its files were checked on, the folder a release ships it in, the graph changes every
+family makes for it (see ``GRAPH_CHANGES``), and whether it gets T-block and batch-axis graphs
+(``convert.batched``, ``convert.streams``) and how close they must come to its per-block graphs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,21 @@ GRAPH_CHANGES = {
 
 LOG_RUNTIMES = ("ai-edge-litert", "tensorflow>=2.16")
 """Runtimes of an integer graph that still holds a LOG op (LOG v2 kernels)."""
+
+
+@dataclass(frozen=True)
+class SameOutput:
+    """How close a mode's T-block or batch-axis graphs must come to its own per-block graphs: a max abs
+    sample difference, or else an SNR (dB) against the per-block output."""
+
+    max_abs: float | None = None
+    snr_db: float | None = None
+
+    def check(self, fig: dict) -> dict:
+        """The tolerance and ``passed`` for figures of ``convert.verify.compare``, as the manifest records them."""
+        if self.max_abs is not None:
+            return {"tolerance_max_abs_error": self.max_abs, "passed": bool(fig["max_abs_error"] <= self.max_abs)}
+        return {"tolerance_snr_db": self.snr_db, "passed": bool(fig["snr_db"] >= self.snr_db)}
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,10 @@ class Mode:
     """``tf.lite.OpsSet`` member for integer activations; set, the mode needs calibration data."""
     graph_changes: frozenset[str] = frozenset()
     """Names from ``GRAPH_CHANGES``."""
+    batched: SameOutput | None = None
+    """Set: the mode gets T-block and batch-axis graphs, held to this against its per-block graphs. Float
+    activations only: an integer-activation graph over T hops or B rows would need its own calibration,
+    and would no longer match the per-block one."""
 
     @property
     def calibrated(self) -> bool:
@@ -63,10 +83,10 @@ _INTEGER = frozenset({"split_states", "bounded_cell", "runtime_frame_norm", "run
 _EVERYWHERE = ("ai-edge-litert", "tflite-runtime>=2.14", "tensorflow>=2.14")
 
 MODES: dict[str, Mode] = {m.name: m for m in (
-    Mode("none", "float32", 80.0, _EVERYWHERE),
-    Mode("float16", "float16", 60.0, _EVERYWHERE, optimize=True, float16=True),
+    Mode("none", "float32", 80.0, _EVERYWHERE, batched=SameOutput(max_abs=1e-5)),
+    Mode("float16", "float16", 60.0, _EVERYWHERE, optimize=True, float16=True, batched=SameOutput(snr_db=60.0)),
     Mode("dynamic", "dynamic", 30.0, ("ai-edge-litert", "tensorflow>=2.16"),  # per-channel FULLY_CONNECTED v12
-         optimize=True),
+         optimize=True, batched=SameOutput(snr_db=30.0)),
     Mode("int8", "int8", 25.0, _EVERYWHERE, optimize=True, integer_ops="TFLITE_BUILTINS_INT8",
          graph_changes=_INTEGER | {"runtime_bases"}),
     Mode("int16x8", "int16x8", 30.0, ("ai-edge-litert", "tensorflow>=2.16"),  # int16 RSQRT
@@ -75,6 +95,8 @@ MODES: dict[str, Mode] = {m.name: m for m in (
 )}
 NAMES = tuple(MODES)
 """Mode names in the order the CLI lists them."""
+BATCHED = tuple(n for n, m in MODES.items() if m.batched is not None)
+"""Modes with T-block and batch-axis graphs, in table order."""
 
 
 def mode(name: str | Mode) -> Mode:

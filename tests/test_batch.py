@@ -17,8 +17,8 @@ from .conftest import noise_audio, small_weights
 
 pytest.importorskip("tensorflow", reason="the converter needs TensorFlow (pip install .[convert])")
 
-from convert.dtln import save_weights
 from convert.errors import ConvertError
+from convert.families.dtln import save_weights
 from convert.streams import add_to_bundle, main
 
 BATCH = 4

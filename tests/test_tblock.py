@@ -19,8 +19,8 @@ from .conftest import noise_audio, small_weights
 pytest.importorskip("tensorflow", reason="the converter needs TensorFlow (pip install .[convert])")
 
 from convert.batched import add_to_bundle, main
-from convert.dtln import save_weights
 from convert.errors import ConvertError, WeightsError
+from convert.families.dtln import save_weights
 
 FRAMES = 8
 TOL = 1e-5  # float32 verification tolerance (max abs sample difference)
@@ -110,7 +110,7 @@ def _wav(folder) -> str:
 
 
 def test_wrong_weights_are_refused_and_the_bundle_stays(small_bundle, tmp_path):
-    from convert.dtln import DTLNConfig, DTLNWeights
+    from convert.families.dtln import DTLNConfig, DTLNWeights
 
     path = tmp_path / "b"
     shutil.copytree(small_bundle, path)
@@ -204,14 +204,16 @@ def test_cli_jobs_give_the_same_files(tblock_bundle, tmp_path, capsys):
     np.testing.assert_array_equal(outs[1]["one"], outs[1]["f2.wav"])
     ref = denoise(sf.read(str(src / "f2.wav"), dtype="float32")[0][:, 2].copy(), tblock_bundle)
     assert float(np.max(np.abs(outs[1]["one"][:, 2] - ref))) <= TOL
-    assert cli(["denoise", str(src), "-o", str(tmp_path / "x"), "-m", tblock_bundle, "--jobs", "0"]) == 2
-    assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:  # refused at parse time, like --threads (edge.cli)
+        cli(["denoise", str(src), "-o", str(tmp_path / "x"), "-m", tblock_bundle, "--jobs", "0"])
+    assert caught.value.code == 2
+    assert "--jobs/-j: expected an integer >= 1, got '0'" in capsys.readouterr().err
 
 
 def test_poconet_t_block_matches_per_block(tmp_path):
     """The U-Net with its causal caches over T hops per call: same output as block by block."""
-    from convert.build import convert_poconet
-    from convert.poconet import save_weights as save_poconet
+    from convert.build import convert
+    from convert.families.poconet import save_weights as save_poconet
 
     from .test_poconet import small_weights as poconet_weights
     from .test_poconet import speechlike
@@ -220,7 +222,7 @@ def test_poconet_t_block_matches_per_block(tmp_path):
     h5 = tmp_path / "p.h5"
     save_poconet(w, str(h5))
     path = tmp_path / "p"
-    convert_poconet(w, "none", str(path), verify_audio=[speechlike(1.0, 5)], verify_names=["speechlike"])
+    convert(w, "none", str(path), verify_audio=[speechlike(1.0, 5)], verify_names=["speechlike"])
     b = add_to_bundle(str(path), str(h5), 4, [speechlike(0.9, 6)], ["speechlike"])
     assert b.family == "poconet" and b.batched.frames == 4
     assert b.manifest["batched"]["verification"]["passed"] is True
@@ -232,3 +234,48 @@ def test_poconet_t_block_matches_per_block(tmp_path):
         got = np.concatenate([den.process(x[i:i + chunk]) for i in range(0, len(x), chunk)] + [den.flush()])
         assert float(np.max(np.abs(got - want))) <= TOL
     assert np.any(want != 0)
+
+
+def test_the_mode_table_says_which_modes_get_t_block_graphs(tmp_path, capsys):
+    from convert.__main__ import main as convert_main
+    from convert.modes import BATCHED, MODES
+
+    assert BATCHED == ("none", "float16", "dynamic")
+    assert all(MODES[n].batched is None for n in MODES if MODES[n].calibrated)
+    assert MODES["none"].batched.check({"max_abs_error": 2e-5, "snr_db": 99.0}) == {
+        "tolerance_max_abs_error": 1e-5, "passed": False}
+    assert MODES["dynamic"].batched.check({"max_abs_error": 0.1, "snr_db": 31.0})["passed"] is True
+    assert convert_main(["--quantize", "int8", "--frames", "4", "-o", str(tmp_path / "x"), "-q"]) == 2
+    assert "T-block graphs exist for none, float16, dynamic only, not int8" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("name", ["dtln", "poconet"])
+def test_family_hooks_keep_the_per_block_names_and_states(name):
+    """T-block graphs take the per-block data with a time axis of T, batch-axis graphs every tensor with B rows;
+    names, order and states stay the per-block ones (what edge.tblock and edge.batch check at load)."""
+    from convert.families import family
+    from convert.modes import mode
+
+    from .test_poconet import small_weights as poconet_weights
+
+    fam = family(name)
+    w = small_weights() if name == "dtln" else poconet_weights(seed=1)
+    plan = fam.plan(w, mode("dynamic"), "w.h5", None)
+    m = {"quantization": "dynamic", "converter_options": plan.converter_options}
+    per = [io for _, io in plan.pairs]
+    tb = [io for _, io in fam.tblock_models(w, m, 3)]
+    assert [(io.name, io.data_input, io.data_output, io.states) for io in tb] == \
+        [(io.name, io.data_input, io.data_output, io.states) for io in per]
+    for t, p in zip(tb, per, strict=True):
+        shapes = dict(t.inputs)
+        assert shapes[p.data_input] == (1, 3, *dict(p.inputs)[p.data_input][2:])
+        assert {n: s for n, s in t.inputs if n != p.data_input} == {n: s for n, s in p.inputs if n != p.data_input}
+    if fam.batch_models is None:
+        assert name == "poconet"
+        return
+    bm = [io for _, io in fam.batch_models(w, m, 5)]
+    for b, p in zip(bm, per, strict=True):
+        assert (b.name, b.states) == (p.name, p.states)
+        assert [(n, s) for n, s in b.inputs] == [(n, (5, *s[1:])) for n, s in p.inputs]
+        assert [(n, s) for n, s in b.outputs] == [(n, (5, *s[1:])) for n, s in p.outputs]

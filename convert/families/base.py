@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -85,6 +85,12 @@ class Family:
     """(TrainConfig, last checkpoint of the run or None) -> (config, initial weights or None)."""
     release_fix: Callable[[Any], tuple[Any, dict | None]] | None = None
     """Weights -> (weights to ship, what was changed or None), run by ``convert.release`` unless --keep-level."""
+    tblock_models: Callable[[Any, Mapping, int], list] | None = None
+    """(weights, bundle manifest, T) -> [(keras model, IOSpec)]: the bundle's submodels over T hops per call,
+    same names, states and order as its per-block ones (``convert.batched``); None: the family has none."""
+    batch_models: Callable[[Any, Mapping, int], list] | None = None
+    """(weights, bundle manifest, B) -> [(keras model, IOSpec)]: the bundle's per-block submodels with B
+    independent streams per call, states ``[B, ...]`` (``convert.streams``); None: the family has none."""
 
 
 def manifest_model(cfg, figures: dict, source: str) -> dict:

@@ -1,5 +1,5 @@
-"""The DTLN family: weights (published h5 layout), the Keras training model, its streaming submodels and
-the graph changes each quantisation mode asks of them."""
+"""The DTLN family: weights (published h5 layout), the Keras training model and the family's entry; its
+streaming submodels and the graph changes each quantisation mode asks of them are in ``dtln_graphs``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import h5py
 import numpy as np
 
 from ..errors import ConvertError, WeightsError
-from ..modes import Mode, mode
-from .base import PRETRAINED, SAMPLE_RATE, DefaultWeights, Family, IOSpec, Plan, manifest_model
+from ..modes import Mode
+from .base import PRETRAINED, SAMPLE_RATE, DefaultWeights, Family, Plan, manifest_model
+from .dtln_graphs import StreamOptions, batch_models, build_streaming_models, stream_options_for, tblock_models
 
 NAME = "dtln"
 
@@ -58,27 +59,6 @@ class DTLNConfig:
     def sample_rate(self) -> int:
         """Hertz."""
         return SAMPLE_RATE
-
-
-@dataclass(frozen=True)
-class StreamOptions:
-    """Graph changes for the streaming submodels (all exact or inaudible in float)."""
-
-    split_states: bool = False
-    """One (1, units) tensor per h and per c instead of one packed (1, layers, units, 2) tensor."""
-    clip_cell: float | None = None
-    """Clip the LSTM cell state to +-this value (integer modes need a bounded c)."""
-    clip_gates: float | None = None
-    """Clip the gate pre-activations to +-this value (a model trained with ``gate_clip`` needs it)."""
-    frame_rms_norm: bool = False
-    """Stage 2 gets its frame divided by its RMS (done by the runtime); the graph is unchanged."""
-    log_mag_outside: bool = False
-    """Norm variant: the runtime feeds log(|X| + 1e-7), so no LOG op is in the graph."""
-    bases_outside: bool = False
-    """Stage 2's learned analysis and synthesis bases (encoder, decoder) run in the runtime in float32,
-    like the FFT of stage 1: the submodel takes the encoded frame and returns its mask. Full int8 needs
-    it: an int8 synthesis output is rounded on the scale of the loudest frames, which leaves an audible
-    floor under suppressed ones."""
 
 
 def layer_shapes(cfg: DTLNConfig) -> list[tuple[str, list[tuple[int, ...]]]]:
@@ -266,103 +246,6 @@ def get_model_weights(model, cfg: DTLNConfig) -> DTLNWeights:
                              for n, _ in layer_shapes(cfg)})
 
 
-def _state_io(keras, prefix: str, cfg: DTLNConfig, opts: StreamOptions):
-    """Named state inputs and a function that packs the per-layer (h, c) back into outputs."""
-    if opts.split_states:
-        ins = {}
-        for k in range(cfg.layers):
-            for hc in "hc":
-                n = f"{prefix}_{hc}{k}"
-                ins[n] = keras.Input(batch_shape=(1, cfg.units), name=n)
-        per_layer = [(ins[f"{prefix}_h{k}"], ins[f"{prefix}_c{k}"]) for k in range(cfg.layers)]
-
-        def pack(hcs):
-            return {f"{prefix}_{hc}{k}_out": t for k, (h, c) in enumerate(hcs) for hc, t in (("h", h), ("c", c))}
-    else:
-        n = f"{prefix}_state"
-        s = keras.Input(batch_shape=(1, cfg.layers, cfg.units, 2), name=n)
-        ins = {n: s}
-        per_layer = [(s[:, k, :, 0], s[:, k, :, 1]) for k in range(cfg.layers)]
-
-        def pack(hcs):
-            ops = keras.ops
-            return {f"{n}_out": ops.stack([ops.stack([h, c], axis=-1) for h, c in hcs], axis=1)}
-    return ins, per_layer, pack
-
-
-def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOptions()):
-    """The two FFT-free per-block submodels with explicit named state: [(keras model, IOSpec)]."""
-    from ..layers import InstantLayerNorm, Log, LSTMStep, keras
-
-    ops = keras.ops
-    cfg = weights.config
-    out = []
-    for stage, prefix, n_in, n_mask in ((1, "mask", cfg.bins, cfg.bins),
-                                        (2, "frame", cfg.block_len, cfg.encoder_size)):
-        outside = stage == 2 and opts.bases_outside
-        data_name = "mag" if stage == 1 else "enc" if outside else "frame"
-        if outside:
-            n_in = cfg.encoder_size
-        x_in = keras.Input(batch_shape=(1, 1, n_in), name=data_name)
-        state_in, per_layer, pack = _state_io(keras, prefix, cfg, opts)
-        x = ops.reshape(x_in, (1, n_in))
-        if stage == 1:
-            h = x
-            if cfg.norm_mag:
-                if not opts.log_mag_outside:
-                    h = Log(name="log_mag")(h)
-                h = InstantLayerNorm(cfg.eps, name="mag_norm")(h)
-        else:
-            enc = x if outside else keras.layers.Dense(cfg.encoder_size, use_bias=False, name="encoder")(x)
-            h = InstantLayerNorm(cfg.eps, name="enc_norm")(enc)
-        hcs = []
-        for k in range(cfg.layers):
-            hk, ck = LSTMStep(cfg.units, opts.clip_cell, opts.clip_gates, name=f"lstm{stage}_{k}")([h, *per_layer[k]])
-            hcs.append((hk, ck))
-            h = hk
-        mask = keras.layers.Dense(n_mask, activation="sigmoid", name=f"dense{stage}")(h)
-        if stage == 1 or outside:
-            y = ops.reshape(mask, (1, 1, n_mask))
-            out_name = "mask" if stage == 1 else "enc_mask"
-        else:
-            dec = keras.layers.Dense(cfg.block_len, use_bias=False, name="decoder")(enc * mask)
-            y = ops.reshape(dec, (1, 1, cfg.block_len))
-            out_name = "frame_out"
-        outputs = {out_name: y, **pack(hcs)}
-        model = keras.Model(inputs={data_name: x_in, **state_in}, outputs=outputs, name=f"dtln_{prefix}")
-        for name, ws in weights.arrays.items():
-            try:
-                layer = model.get_layer(name)
-            except ValueError:
-                continue
-            if name in ("encoder", "decoder"):
-                ws = [ws[0][0]]  # (1, n, m) conv kernel -> (n, m) dense kernel
-            layer.set_weights(ws)
-        io = IOSpec(
-            name=prefix,
-            inputs=tuple((n, tuple(t.shape)) for n, t in {data_name: x_in, **state_in}.items()),
-            outputs=tuple((n, tuple(t.shape)) for n, t in outputs.items()),
-            data_input=data_name, data_output=out_name,
-            states=tuple((n, f"{n}_out") for n in state_in))
-        out.append((model, io))
-    return out
-
-
-def stream_options_for(quantize: str | Mode, cfg: DTLNConfig, opts: StreamOptions | None = None) -> StreamOptions:
-    """The graph changes the mode's table entry asks for (``convert.modes``), unless the caller overrides them.
-
-    A model trained with clipping keeps it in every mode (it is part of the model).
-    """
-    if opts is not None:
-        return opts
-    changes = mode(quantize).graph_changes
-    return StreamOptions(split_states="split_states" in changes,
-                         clip_cell=(cfg.cell_clip or 8.0) if "bounded_cell" in changes else cfg.cell_clip,
-                         clip_gates=cfg.gate_clip, frame_rms_norm="runtime_frame_norm" in changes,
-                         log_mag_outside=cfg.norm_mag and "runtime_log" in changes,
-                         bases_outside="runtime_bases" in changes)
-
-
 def runtime_bases(weights: DTLNWeights) -> dict[str, np.ndarray]:
     """Stage 2's encoder (block_len, encoder_size) and decoder (encoder_size, block_len) for a bundle
     built with ``bases_outside``, stored as float16 (the runtime computes in float32)."""
@@ -463,4 +346,5 @@ FAMILY = Family(
     name=NAME, weights_type=DTLNWeights, load_weights=load_weights, save_weights=save_weights, owns_file=owns_file,
     default_weights=default_weights, plan=plan, training_model=build_training_model,
     get_model_weights=get_model_weights, set_model_weights=set_model_weights,
-    train_architecture=train_architecture, release_fix=leveled)
+    train_architecture=train_architecture, release_fix=leveled, tblock_models=tblock_models,
+    batch_models=batch_models)

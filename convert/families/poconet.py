@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Mapping
 
 import h5py
 import numpy as np
@@ -386,6 +387,12 @@ def build_streaming_model(weights: PoCoNetWeights, frames: int = 1):
     return model, io
 
 
+def tblock_models(weights: PoCoNetWeights, manifest: Mapping, frames: int):
+    """The bundle's submodel over ``frames`` hops per call (``Family.tblock_models``): the same graph in
+    every mode, so the manifest adds nothing."""
+    return [build_streaming_model(weights, frames=frames)]
+
+
 def family_options(cfg: PoCoNetConfig) -> dict:
     """What the runtime's per-block step needs (``edge.families.poconet``)."""
     return {"bins": cfg.bins, "compress": cfg.compress, "compress_eps": cfg.compress_eps,
@@ -453,4 +460,4 @@ FAMILY = Family(
     name=NAME, weights_type=PoCoNetWeights, load_weights=load_weights, save_weights=save_weights,
     owns_file=owns_file, default_weights=default_weights, plan=plan, training_model=build_training_model,
     get_model_weights=get_model_weights, set_model_weights=set_model_weights,
-    train_architecture=train_architecture)
+    train_architecture=train_architecture, tblock_models=tblock_models)
