@@ -21,6 +21,7 @@ import edge
 from edge.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, SubmodelSpec, TensorSpec, load_bundle, sha256_bytes
 from edge.interpreter import interpreter_package
 
+from . import golden
 from .dtln import DTLNWeights, StreamOptions, budget, build_streaming_models, runtime_bases, stream_options_for
 from .errors import ConvertError, VerificationError
 from .export import MODES, op_names, tensor_table, to_tflite
@@ -207,6 +208,7 @@ def _write_bundle(make_plan, weights, mode, output, force, name, verify_audio, v
         bundle = _convert_into(make_plan(), weights, mode, tmp, name or os.path.basename(output), verify_audio,
                                verify_names, calib_audio, progress,
                                TOLERANCE_DB[mode] if tolerance_db is None else tolerance_db, calib_blocks)
+        golden.add(tmp, verify_audio[0], verify_names[0])  # the pair `edge-denoise check` runs on a device
         if os.path.exists(output):
             trash = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old-", dir=parent)
             os.replace(output, os.path.join(trash, "old"))
@@ -323,8 +325,9 @@ def _write_manifest(folder: str, manifest: dict) -> None:
 
 
 def bundle_bytes(folder: str | os.PathLike[str]) -> int:
-    """Bytes on disk of a bundle's model files (submodels and arrays; the manifest left out)."""
-    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.name != MANIFEST)
+    """Bytes on disk of a bundle's model files (submodels and arrays; the manifest and golden pair left out)."""
+    return sum(p.stat().st_size for p in Path(folder).iterdir()
+               if p.name != MANIFEST and p.name not in golden.FILES)
 
 
 def default_paths() -> dict[str, Path]:

@@ -10,7 +10,8 @@ import sys
 from .errors import EdgeError
 
 # module -> each defines register(subparsers); a subcommand's handler returns the exit code.
-SUBCOMMAND_MODULES = ("edge.cmd_denoise", "edge.evaluate", "edge.daemon", "edge.live", "edge.profile")
+SUBCOMMAND_MODULES = ("edge.cmd_denoise", "edge.evaluate", "edge.daemon", "edge.live", "edge.profile", "edge.check",
+                      "edge.models")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -12,30 +11,17 @@ import numpy as np
 
 from .audio import EXTENSIONS, fit_length, float_to_pcm16, pcm16_to_float, read_audio, resample, write_audio_atomic
 from .bundle import Bundle, load_bundle
-from .errors import AudioError, BundleError, EdgeError
+from .check import add_check_option, check_at_start
+from .errors import AudioError, EdgeError
+from .models import default_model
 from .options import Options
 from .stream import StreamingDenoiser
-
-SHIPPED = ("pretrained_model/dtln-16k/dynamic", "pretrained_model/dtln-16k/float32",
-           "pretrained_model/dtln-16k-int8/int8")
-
-
-def default_model() -> str:
-    """``$EDGE_DENOISE_MODEL``, else the shipped bundle (dtln-16k dynamic, its float32, dtln-16k-int8: first found)."""
-    env = os.environ.get("EDGE_DENOISE_MODEL")
-    if env:
-        return env
-    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
-        for rel in SHIPPED:
-            if (base / rel / "manifest.json").is_file():
-                return str(base / rel)
-    raise BundleError("no --model given and no shipped bundle found (looked for " + ", ".join(SHIPPED)
-                      + "); pass --model DIR or set EDGE_DENOISE_MODEL")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", metavar="DIR", default=None,
-                   help="bundle folder (default: $EDGE_DENOISE_MODEL, else the shipped dtln-16k bundle)")
+                   help="bundle folder (default: $EDGE_DENOISE_MODEL, else the default bundle: see "
+                        "`edge-denoise models`)")
     p.add_argument("--threads", type=int, default=1, help="interpreter threads per stream (default: 1)")
     p.add_argument("--xnnpack", action=argparse.BooleanOptionalAction, default=True,
                    help="use the XNNPACK delegate (default: on)")
@@ -61,6 +47,7 @@ def register(sub) -> None:
     p.add_argument("--rate", type=int, default=None, help="raw PCM: sample rate in Hz (default: the model's)")
     p.add_argument("--channels", type=int, default=1, help="raw PCM: interleaved channels (default: 1)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    add_check_option(p, default=False)
     p.set_defaults(func=run)
 
 
@@ -120,6 +107,8 @@ def run(args) -> int:
         raise AudioError("'-' (raw PCM on stdin) cannot be mixed with file inputs")
     pairs = _plan(args.inputs, args.output)
     bundle, options = model_and_options(args)
+    if not check_at_start(args, bundle, options):
+        return 1
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     failed = skipped = 0
     audio_s = wall_s = 0.0
@@ -152,6 +141,8 @@ def run(args) -> int:
 def _run_raw(args) -> int:
     """s16le interleaved PCM stdin -> stdout, streamed; output length equals input length."""
     bundle, options = model_and_options(args)
+    if not check_at_start(args, bundle, options):
+        return 1
     rate = args.rate or bundle.sample_rate
     if rate != bundle.sample_rate:
         raise AudioError(f"raw PCM at {rate} Hz: this bundle runs at {bundle.sample_rate} Hz; convert first "

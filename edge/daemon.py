@@ -821,6 +821,7 @@ def _positive(kind, name):
 
 
 def register(sub) -> None:
+    from .check import add_check_option
     from .cmd_denoise import add_model_options
 
     p = sub.add_parser("serve", help="run the denoising daemon (foreground; one stream per connection)",
@@ -829,6 +830,7 @@ def register(sub) -> None:
                                    "denoised PCM out. Runs in the foreground and logs to stderr; SIGTERM drains and "
                                    "exits 0, SIGHUP reloads the model.")
     add_model_options(p)
+    add_check_option(p, default=True)
     p.add_argument("--uri", action="append", default=None, metavar="URI",
                    help="where to listen; repeat for several (default: $EDGE_DENOISE_URI, else "
                         "unix://$XDG_RUNTIME_DIR/edge-denoise.sock, else unix:///run/edge-denoise/edge-denoise.sock)")
@@ -892,12 +894,15 @@ def _endpoints(args) -> tuple[list[Endpoint], Endpoint | None]:
 
 
 def run(args) -> int:
+    from .check import check_at_start
     from .cmd_denoise import model_and_options
 
     eps, control = _endpoints(args)
     if args.workers == 0:
         raise DaemonError("--workers: expected at least 1 inference thread, got 0")
     bundle, options = model_and_options(args)
+    if not check_at_start(args, bundle, options):
+        return 1
     workers = args.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                else os.cpu_count() or 1)
     limits = Limits(max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,

@@ -76,6 +76,13 @@ def interpreter_package(preferred: str | None = None) -> InterpreterPackage:
 
 _BANNER = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
 _first = True
+_first_output: list[bytes] = []
+
+
+def first_native_output() -> list[str]:
+    """What the native library wrote on descriptor 2 while this process created its first interpreter
+    (where XNNPACK starts: its banner, or "Error in cpuinfo" when CPU detection fails); [] before that."""
+    return [line.decode("utf-8", "replace").rstrip() for line in _first_output]
 
 
 @contextlib.contextmanager
@@ -119,6 +126,7 @@ def _without_banner():
         with captured_stderr() as lines:
             yield
     finally:
+        _first_output.extend(lines)
         rest = b"".join(line for line in lines if not line.startswith(_BANNER))
         if rest:
             os.write(2, rest)

@@ -256,6 +256,7 @@ def _device(text: str | None) -> int | str | None:
 
 
 def register(sub) -> None:
+    from .check import add_check_option
     from .cmd_denoise import add_model_options
 
     p = sub.add_parser("live", help="denoise a live input device to an output device (a virtual microphone)",
@@ -264,6 +265,7 @@ def register(sub) -> None:
                                    "programs record (see docs/daemon.md). Overruns/underruns are counted and "
                                    "logged, never fatal; the device is reopened with backoff after an error.")
     add_model_options(p)
+    add_check_option(p, default=True)
     p.add_argument("--input", "-i", default=None, metavar="DEV",
                    help="input device: index or part of its name (default: the system default)")
     p.add_argument("--output", "-o", default=None, metavar="DEV",
@@ -418,11 +420,14 @@ def run(args) -> int:
     if args.list_devices:
         print(sd.query_devices())
         return 0
+    from .check import check_at_start
     from .cmd_denoise import model_and_options
 
     if args.blocksize < 0 or args.channels < 1:
         raise LiveError(f"expected --blocksize >= 0 and --channels >= 1, got {args.blocksize} and {args.channels}")
     bundle, options = model_and_options(args)
+    if not check_at_start(args, bundle, options):
+        return 1
     blocksize = args.blocksize or bundle.block_shift
     recording = None
     if args.record_input:

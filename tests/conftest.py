@@ -1,8 +1,11 @@
-"""Shared fixtures: a small random DTLN bundle built by the real converter, and paths to optional assets."""
+"""Shared fixtures: small DTLN bundles built by the real converter or, where TensorFlow is absent (as on a
+device), shipped bundles of the same layout and the committed identity bundle; paths to optional assets."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,9 @@ SHARED = Path(os.environ.get("EDGE_SHARED", REPO.parent / "shared"))
 REFERENCE = SHARED / "reference" / "dtln" / "pretrained_model"
 DATA = SHARED / "data"
 EXAMPLE = REPO / "examples" / "p232_013_noisy.wav"
+FIXTURES = REPO / "tests" / "fixtures"
+"""Committed fixture bundles (python -m tests.make_fixtures writes them)."""
+HAVE_TF = importlib.util.find_spec("tensorflow") is not None
 
 
 def need(path: Path, what: str) -> Path:
@@ -32,14 +38,66 @@ def noise_audio(seconds: float = 1.0, seed: int = 0) -> np.ndarray:
     return (0.1 * np.random.default_rng(seed).standard_normal(int(16000 * seconds))).astype(np.float32)
 
 
+def identity_weights():
+    """A DTLN whose masks are 1 and whose second stage is an exact pass-through (decoder = I / 4)."""
+    from convert.dtln import DTLNConfig, DTLNWeights
+
+    w = DTLNWeights.random(DTLNConfig(units=8, encoder_size=512), seed=1)
+    for dense in ("dense1", "dense2"):
+        w.arrays[dense][0][:] = 0.0
+        w.arrays[dense][1][:] = 30.0  # sigmoid(30) == 1.0 in float32
+    w.arrays["encoder"][0][0] = np.eye(512, dtype=np.float32)
+    # Four overlapping frames are summed (no synthesis window in DTLN): each contributes a quarter.
+    w.arrays["decoder"][0][0] = np.eye(512, dtype=np.float32) / 4
+    return w
+
+
+def build_fixture(name: str, path: Path) -> None:
+    """Convert fixture bundle ``name`` into ``path`` with the real converter (needs TensorFlow)."""
+    from convert.build import convert_dtln
+    from convert.dtln import StreamOptions
+
+    verify = {"verify_audio": [noise_audio()], "verify_names": ["noise"]}
+    if name == "small-none":  # a randomly initialised small DTLN, float32, verified
+        convert_dtln(small_weights(), "none", str(path), **verify)
+    elif name == "bases":  # stage 2 bases applied by the runtime (the full int8 layout), >= 60 dB (float16 bases)
+        convert_dtln(small_weights(), "none", str(path), tolerance_db=60.0,
+                     opts=StreamOptions(frame_rms_norm=True, bases_outside=True), **verify)
+    elif name == "identity":
+        convert_dtln(identity_weights(), "none", str(path), **verify)
+    else:
+        raise KeyError(name)
+
+
+COMMITTED = {"small-none": FIXTURES / "small-none",
+             "bases": REPO / "pretrained_model" / "dtln-16k-int8" / "int8",
+             "identity": FIXTURES / "identity"}
+"""What stands in for each fixture without TensorFlow: the committed copy (tests/fixtures/), or for the bases
+layout the shipped full-int8 DTLN, whose runtime applies its stage 2 bases the same way."""
+
+
+def fixture_bundle(tmp_path_factory, name: str) -> Path:
+    """Fixture bundle ``name``: converted now where TensorFlow is installed, else its committed stand-in
+    (copied: tests may edit their copy)."""
+    path = tmp_path_factory.mktemp("bundles") / name
+    if HAVE_TF:
+        build_fixture(name, path)
+    else:
+        shutil.copytree(need(COMMITTED[name], f"the stand-in for fixture bundle {name}"), path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory) -> str:
-    """A randomly initialised small DTLN converted to float32 and verified (no ../shared needed)."""
-    pytest.importorskip("tensorflow", reason="the converter needs TensorFlow (pip install .[convert])")
-    from convert.build import convert_dtln
+    """A randomly initialised small DTLN, float32, verified (no ../shared needed)."""
+    return str(fixture_bundle(tmp_path_factory, "small-none"))
 
-    path = tmp_path_factory.mktemp("bundles") / "small-none"
-    convert_dtln(small_weights(), "none", str(path), verify_audio=[noise_audio()], verify_names=["noise"])
+
+@pytest.fixture(scope="session")
+def other_bundle(tmp_path_factory) -> str:
+    """A bundle other than small_bundle (another checksum, another output): the shipped dtln-16k-int8 float32."""
+    path = tmp_path_factory.mktemp("bundles") / "other"
+    shutil.copytree(need(REPO / "pretrained_model" / "dtln-16k-int8" / "float32", "the shipped bundle"), path)
     return str(path)
 
 
@@ -47,11 +105,10 @@ def small_bundle(tmp_path_factory) -> str:
 def bases_bundle(tmp_path_factory):
     """A float small DTLN bundle whose stage 2 bases the runtime applies (the layout full int8 bundles use);
     verified to >= 60 dB against the Keras graph (the bases are stored as float16)."""
-    pytest.importorskip("tensorflow", reason="the converter needs TensorFlow (pip install .[convert])")
-    from convert.build import convert_dtln
-    from convert.dtln import StreamOptions
+    return fixture_bundle(tmp_path_factory, "bases")
 
-    path = tmp_path_factory.mktemp("bases") / "b"
-    convert_dtln(small_weights(), "none", str(path), verify_audio=[noise_audio()], verify_names=["noise"],
-                 tolerance_db=60.0, opts=StreamOptions(frame_rms_norm=True, bases_outside=True))
-    return path
+
+@pytest.fixture(scope="session")
+def identity_bundle(tmp_path_factory) -> str:
+    """A DTLN whose output is its input, delayed by its latency: alignment to the sample."""
+    return str(fixture_bundle(tmp_path_factory, "identity"))

@@ -81,9 +81,19 @@ def test_renamed_tensor(copy):
         edge.load_bundle(copy)
 
 
+def _shape(folder, *where) -> list[int]:
+    """A shape from the manifest (fixtures differ in size: small converted ones, or shipped stand-ins)."""
+    d = json.loads((folder / "manifest.json").read_text())
+    for key in where:
+        d = d[key]
+    return d["shape"]
+
+
 def test_wrong_shape(copy):
-    _edit(copy, lambda m: m["submodels"][1]["inputs"][1].update(shape=[1, 2, 32, 3]))
-    with pytest.raises(BundleError, match=r"frame\.tflite: tensor 'frame_state' is float32\[1, 2, 32, 2\] in the model"):
+    shape = _shape(copy, "submodels", 1, "inputs", 1)
+    _edit(copy, lambda m: m["submodels"][1]["inputs"][1].update(shape=shape[:-1] + [shape[-1] + 1]))
+    dims = ", ".join(map(str, shape))
+    with pytest.raises(BundleError, match=rf"frame\.tflite: tensor 'frame_state' is float32\[{dims}\] in the model"):
         edge.load_bundle(copy)
     _edit(copy, lambda m: m["submodels"][1]["inputs"][0].update(shape=[1, 1, 256]))
     with pytest.raises(BundleError, match=r"frame\.tflite: frame has shape \[1, 1, 256\], dtln with block_len 512"):
@@ -140,8 +150,10 @@ def test_array_checksum_mismatch_names_file(bases_copy):
 
 
 def test_array_shape_must_match_manifest(bases_copy):
-    _edit(bases_copy, lambda m: m["arrays"][0].update(shape=[512, 65]))
-    with pytest.raises(BundleError, match=r"encoder\.npy: holds float16\[512, 64\], manifest says float16\[512, 65\]"):
+    rows, cols = _shape(bases_copy, "arrays", 0)
+    _edit(bases_copy, lambda m: m["arrays"][0].update(shape=[rows, cols + 1]))
+    with pytest.raises(BundleError, match=rf"encoder\.npy: holds float16\[{rows}, {cols}\], manifest says "
+                                          rf"float16\[{rows}, {cols + 1}\]"):
         edge.load_bundle(bases_copy)
 
 

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 
@@ -16,6 +15,8 @@ import edge
 from .conftest import EXAMPLE, noise_audio, small_weights
 
 pytest.importorskip("tensorflow", reason="the converter needs TensorFlow")
+
+import h5py  # noqa: E402 (after the skip: h5py comes with the [convert] extra)
 
 from convert.__main__ import main  # noqa: E402
 from convert.build import convert_dtln  # noqa: E402

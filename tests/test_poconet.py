@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 import soundfile as sf
@@ -17,6 +16,8 @@ from edge import StreamingDenoiser
 from .conftest import EXAMPLE, REPO, noise_audio
 
 pytest.importorskip("tensorflow", reason="the converter needs TensorFlow")
+
+import h5py  # noqa: E402 (after the skip: h5py comes with the [convert] extra)
 
 from convert.__main__ import main as convert_main  # noqa: E402
 from convert.build import convert_poconet  # noqa: E402

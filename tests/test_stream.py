@@ -11,25 +11,6 @@ from edge import AudioError, StreamingDenoiser, denoise
 from .conftest import noise_audio
 
 
-@pytest.fixture(scope="module")
-def identity_bundle(tmp_path_factory) -> str:
-    """A DTLN whose masks are 1 and whose second stage is an exact pass-through (decoder = I / 4)."""
-    pytest.importorskip("tensorflow", reason="the converter needs TensorFlow")
-    from convert.build import convert_dtln
-    from convert.dtln import DTLNConfig, DTLNWeights
-
-    w = DTLNWeights.random(DTLNConfig(units=8, encoder_size=512), seed=1)
-    for dense in ("dense1", "dense2"):
-        w.arrays[dense][0][:] = 0.0
-        w.arrays[dense][1][:] = 30.0  # sigmoid(30) == 1.0 in float32
-    w.arrays["encoder"][0][0] = np.eye(512, dtype=np.float32)
-    # Four overlapping frames are summed (no synthesis window in DTLN): each contributes a quarter.
-    w.arrays["decoder"][0][0] = np.eye(512, dtype=np.float32) / 4
-    path = tmp_path_factory.mktemp("identity") / "identity"
-    convert_dtln(w, "none", str(path), verify_audio=[noise_audio()], verify_names=["noise"])
-    return str(path)
-
-
 def _stream(bundle, x, chunk):
     den = StreamingDenoiser(bundle)
     parts = [den.process(x[i:i + chunk]) for i in range(0, len(x), chunk)]
