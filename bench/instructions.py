@@ -44,6 +44,17 @@ PUBLISHED = {"float32": ("model_1.tflite", "model_2.tflite"),
              "dynamic": ("model_quant_1.tflite", "model_quant_2.tflite")}
 
 
+NOTES = [
+    "Device above: the x86 machine that ran qemu. The counts depend neither on it nor on its load: the same "
+    "command counted twice differed by 57 instructions in 6.6e8.",
+    "The guest runs one thread (one interpreter thread, OPENBLAS_NUM_THREADS=1): the plugin's counter is shared, "
+    "and idle BLAS threads spinning would be counted too.",
+    "qemu executes each CPU model's instruction set (the A76 has dot-product instructions, so XNNPACK takes other "
+    "int8 paths there: fewer instructions for int8 and dynamic) but models no timing: caches, DRAM and pipelines "
+    "are what the IPC assumption of the prediction stands for.",
+]
+
+
 def _run(cmd: list[str], **kw) -> str:
     r = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if r.returncode != 0:
@@ -188,6 +199,7 @@ def main() -> int:
                      "arm64 root": f"{ROOT_KEY} (Debian bookworm, Python {py})", "arm64 wheels": versions},
         "counts": counts,
         "prediction": predict(counts),
+        "notes": NOTES,
     }
     result["markdown"] = table_markdown(result)
     write_result(args.output, result)
