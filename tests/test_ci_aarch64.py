@@ -55,7 +55,7 @@ def test_close_outputs_pass_and_the_table_has_every_bundle_and_cpu(tmp_path):
 
 
 def test_a_floor_missed_fails_naming_bundle_cpu_and_figures(tmp_path):
-    # 0.1 * N(0,1) signal, 0.005 noise: 26 dB, under the int8 floor (30 dB) and far under float's (80 dB)
+    # 0.1 * N(0,1) signal, 0.005 noise: 26 dB, under the int8 floor (30 dB)
     _outputs(tmp_path, {("pretrained_model/dtln-16k-int8/int8", "cortex-a76"): 0.005})
     r = _run(tmp_path)
     assert r.returncode == 1
@@ -65,7 +65,7 @@ def test_a_floor_missed_fails_naming_bundle_cpu_and_figures(tmp_path):
 
 
 def test_float_floor_is_stricter_than_int8(tmp_path):
-    # 1e-4 noise: ~60 dB, fine for int8, a miss for float32 (80 dB)
+    # 1e-4 noise: ~60 dB, fine for int8 (30 dB), a miss for float32 (100 dB)
     _outputs(tmp_path, {("pretrained_model/dtln-16k/float32", "cortex-a72"): 1e-4,
                         ("pretrained_model/dtln-16k-int8/int8", "cortex-a72"): 1e-4})
     r = _run(tmp_path)
