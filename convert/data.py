@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -121,6 +122,10 @@ class MixConfig:
     """Recolour each noise (``random_eq``) by a random smooth gain of up to +-this many dB; 0 leaves
     noise as recorded. Babble and noise EQ widen what "noise" looks like without new recordings; both
     draw from the random stream only when on, so every mix of a recipe without them is unchanged."""
+    speed: float = 0.0
+    """Speed perturbation of the speech: each clean window is resampled by a factor drawn uniformly
+    from 1 +- this (tempo and pitch together, as in Kaldi's speed perturbation); 0 leaves it as
+    recorded and draws nothing from the random stream."""
 
 
 class Mixer:
@@ -162,10 +167,21 @@ class Mixer:
         talkers = [self._window(rng, self.speech, n) for _ in range(int(rng.integers(3, 8)))]
         return sum(t / _rms(t) * 10 ** (rng.uniform(-10, 0) / 20) for t in talkers)
 
+    def _speech(self, rng, n: int) -> np.ndarray:
+        if not self.cfg.speed:
+            return self._window(rng, self.speech, n, self._p_speech)
+        import soxr
+
+        factor = rng.uniform(1 - self.cfg.speed, 1 + self.cfg.speed)
+        x = self._window(rng, self.speech, int(np.ceil(n * factor)) + 16, self._p_speech)
+        # played `factor` times faster: the window of n * factor samples read at RATE * factor
+        y = soxr.resample(x, RATE * factor, RATE, quality="HQ")
+        return np.pad(y, (0, max(0, n - len(y))))[:n].astype(np.float32)
+
     def mix(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, index])
         n = self.cfg.segment
-        clean = self._window(rng, self.speech, n, self._p_speech)
+        clean = self._speech(rng, n)
         noise = self._noise(rng, n)
         if rng.random() < self.cfg.second_noise_prob:
             noise = noise + self._noise(rng, n) * 10 ** (-rng.uniform(0, 10) / 20)
@@ -183,6 +199,27 @@ class Mixer:
     def batch(self, start: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         pairs = [self.mix(start + k) for k in range(size)]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+# ESC-50 classes (by the target number that ends each clip's name, ``FOLD-ID-TAKE-TARGET.wav``) kept out of
+# training and used as unseen noise categories by the generalisation dev set: machinery, vehicles, crowds,
+# household appliances, office and animal sounds, across ESC-50's five major groups.
+ESC50_HELDOUT = {9: "crow", 22: "clapping", 26: "laughing", 32: "keyboard_typing", 35: "washing_machine",
+                 36: "vacuum_cleaner", 37: "clock_alarm", 40: "helicopter", 41: "chainsaw", 44: "engine",
+                 47: "airplane", 49: "hand_saw"}
+_ESC50_NAME = re.compile(r"^\d+-\d+-[A-Z]-(\d+)\.wav$")
+
+
+def esc50_class(path: str | os.PathLike[str]) -> int | None:
+    """The ESC-50 target class of a clip from its file name; None for any other file."""
+    m = _ESC50_NAME.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def without_heldout(files: list[Path]) -> tuple[list[Path], int]:
+    """``files`` less the ESC-50 clips of ``ESC50_HELDOUT`` classes, and how many were dropped."""
+    kept = [f for f in files if esc50_class(f) not in ESC50_HELDOUT]
+    return kept, len(files) - len(kept)
 
 
 def corpus(root: Path, split: str) -> tuple[list[Path], list[Path]]:

@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vbd", metavar="DIR", default=None,
                    help="VoiceBank-DEMAND test folder with clean/ and noisy/ (default: ../shared/data/test/vbd_test)")
     p.add_argument("--devmix", metavar="DIR", default=None, help="dev mixes from python -m convert.devset")
+    p.add_argument("--gendev", metavar="DIR", default=None,
+                   help="the generalisation dev set from python -m convert.devset --generalisation")
     p.add_argument("--keep-level", action="store_true",
                    help="dtln: ship the output level as trained (default: a model trained on the scale-free SI-SDR "
                         "alone gets its decoder scaled so that its output level matches clean speech on the dev mixes)")
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         entry = {"shipped": True, "folder": folder.name, "verification": bundle.manifest["verification"],
                  "bytes": build.bundle_bytes(folder)}
-        for label, root in (("vbd23", vbd), ("devmix", Path(args.devmix) if args.devmix else None)):
+        for label, root in (("vbd23", vbd), ("devmix", Path(args.devmix) if args.devmix else None),
+                            ("gendev", Path(args.gendev) if args.gendev else None)):
             if root is None or not (root / "clean").is_dir():
                 continue
             r = evaluate(bundle, Options(), _pairs(str(root / "clean"), str(root / "noisy")))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import RATE, MixConfig, Mixer, corpus, dev_set, find_audio, load_files, shared_data
+from .data import RATE, MixConfig, Mixer, corpus, dev_set, find_audio, load_files, shared_data, without_heldout
 from .errors import ConvertError
 
 
@@ -62,7 +62,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-eq", type=float, default=0.0, metavar="DB",
                    help="recolour each training noise by a random smooth gain curve of up to +-DB dB; dev mixes "
                         "are unchanged (default: 0, off)")
+    p.add_argument("--speed", type=float, default=0.0, metavar="R",
+                   help="speed perturbation of the training speech by a factor in 1 +- R (default: 0, off)")
+    p.add_argument("--snr", type=float, nargs=2, default=[-5.0, 25.0], metavar=("LOW", "HIGH"),
+                   help="input SNR range of the training mixes in dB (default: -5 25)")
+    p.add_argument("--dev-dir", metavar="DIR", default=None,
+                   help="choose checkpoints on these clean/noisy WAV pairs (python -m convert.devset "
+                        "--generalisation) instead of the fixed dev mixes, which are still scored and logged")
     return p
+
+
+def load_pairs(folder: str) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy, clean) arrays [N, samples] from DIR/noisy/*.wav and the same-named DIR/clean/*.wav."""
+    import soundfile as sf
+
+    names = sorted(p.name for p in (Path(folder) / "noisy").glob("*.wav"))
+    if not names:
+        raise ConvertError(f"--dev-dir {folder}: no noisy/*.wav")
+    pairs = [(sf.read(Path(folder) / "noisy" / n, dtype="float32")[0], sf.read(Path(folder) / "clean" / n,
+                                                                         dtype="float32")[0]) for n in names]
+    n = min(min(len(a), len(b)) for a, b in pairs)
+    n = 512 + (n - 512) // 128 * 128  # whole hops, so the framed output has the input's length
+    return np.stack([a[:n] for a, _ in pairs]), np.stack([b[:n] for _, b in pairs])
 
 
 def _poconet_config(args, out: Path):
@@ -179,6 +200,10 @@ def train(args) -> int:
         raise ConvertError(f"--babble {args.babble}: a share of mixes, from 0 to 1")
     if args.noise_eq < 0:
         raise ConvertError(f"--noise-eq {args.noise_eq}: a gain range in dB, 0 or more")
+    if not 0 <= args.speed < 0.5:
+        raise ConvertError(f"--speed {args.speed}: a relative range from 0 to 0.5")
+    if args.snr[0] > args.snr[1]:
+        raise ConvertError(f"--snr {args.snr[0]:g} {args.snr[1]:g}: LOW above HIGH")
     config = {k: v for k, v in vars(args).items() if k != "given"}
     from .quiet import import_tensorflow
 
@@ -197,17 +222,19 @@ def train(args) -> int:
     root = Path(args.data) if args.data else shared_data()
     sp_files, no_files = corpus(root, "train") if root.is_dir() else ([], [])
     sp_files += find_audio(args.speech)
-    no_files += find_audio(args.noise)
+    no_files, heldout = without_heldout(no_files + find_audio(args.noise))
     if not sp_files:
         raise ConvertError(f"no training speech under {root}/speech/train or --speech")
     t0 = time.time()
     speech, noise = load_files(sp_files), load_files(no_files)
     log(event="data", speech_files=len(sp_files), speech_minutes=round(sum(map(len, speech)) / RATE / 60, 1),
         noise_files=len(no_files), noise_minutes=round(sum(map(len, noise)) / RATE / 60, 1),
+        heldout_noise_files_dropped=heldout,
         load_seconds=round(time.time() - t0, 1))
     dev = dev_set(root, count=args.dev_count, speech_highpass_hz=args.speech_highpass)
     if dev is None:
         raise ConvertError(f"no dev speech under {root}/speech/dev: the dev set drives LR decay and early stopping")
+    select = load_pairs(args.dev_dir) if args.dev_dir else None
 
     if args.family == "poconet":
         from . import poconet
@@ -250,7 +277,8 @@ def train(args) -> int:
         opt.learning_rate.assign(st["lr"])
         log(event="resume", epoch=st["epoch"], step=st["step"], lr=st["lr"], best_dev=st["best_dev"])
     mixer = Mixer(speech, noise, MixConfig(segment=seg, speech_highpass_hz=args.speech_highpass,
-                                           babble_prob=args.babble, noise_eq_db=args.noise_eq), seed=args.seed)
+                                           babble_prob=args.babble, noise_eq_db=args.noise_eq, speed=args.speed,
+                                           snr_db=tuple(args.snr)), seed=args.seed)
 
     def batches():
         step = st["step"]
@@ -278,11 +306,12 @@ def train(args) -> int:
         est = model(noisy, training=False)
         return si_sdr_loss(clean, est), spectral_loss(clean, est)
 
-    def dev_score() -> tuple[float, float]:
-        """(negative SI-SDR, spectral loss) over the dev set."""
-        losses = np.array([[float(v) for v in dev_step(dev[0][i:i + 32], dev[1][i:i + 32])]
-                           for i in range(0, len(dev[0]), 32)])
-        return float(losses[:, 0].mean()), float(losses[:, 1].mean())
+    def dev_score(pairs=dev) -> tuple[float, float]:
+        """(negative SI-SDR, spectral loss) over a dev set, batches of 32 weighted by their size."""
+        losses = np.array([[float(v) * len(pairs[0][i:i + 32]) for v in dev_step(pairs[0][i:i + 32],
+                                                                                pairs[1][i:i + 32])]
+                           for i in range(0, len(pairs[0]), 32)])
+        return float(losses[:, 0].sum() / len(pairs[0])), float(losses[:, 1].sum() / len(pairs[0]))
 
     stop_at = time.time() + args.max_hours * 3600 if args.max_hours else None
     it = iter(ds)
@@ -299,6 +328,11 @@ def train(args) -> int:
                       f" ({rate:.0f} s audio/s)", file=sys.stderr, flush=True)
         d_si, d_spec = dev_score()
         d = d_si + args.spectral * d_spec
+        extra = {}
+        if select is not None:  # checkpoints are chosen on the generalisation set
+            g_si, g_spec = dev_score(select)
+            extra = {"fixed_dev_loss": round(d, 3), "sel_si_sdr": round(-g_si, 3), "sel_spectral_snr": round(-g_spec, 3)}
+            d = g_si + args.spectral * g_spec
         st["epoch"] += 1
         elapsed = time.time() - te
         st["seconds"] += elapsed
@@ -322,7 +356,7 @@ def train(args) -> int:
         log(event="epoch", epoch=st["epoch"], step=st["step"], train_loss=round(float(np.mean(losses)), 3),
             dev_si_sdr=round(-d_si, 3), dev_spectral_snr=round(-d_spec, 3),
             **({"dev_loss": round(d, 3), "best_dev_loss": round(st["best_dev"], 3)} if args.spectral
-               else {"best_dev_si_sdr": round(-st["best_dev"], 3)}), lr=st["lr"],
+               else {"best_dev_si_sdr": round(-st["best_dev"], 3)}), lr=st["lr"], **extra,
             audio_hours=round(st["audio_seconds"] / 3600, 2),
             audio_per_s=round(args.steps_per_epoch * args.batch * seg / RATE / elapsed, 1),
             wall_hours=round(st["seconds"] / 3600, 3))

@@ -238,3 +238,33 @@ def test_lr_given_on_resume_replaces_the_runs_schedule(tiny_data, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "l" / "log.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in log if r["event"] == "resume"] == [pytest.approx(1e-3), pytest.approx(2e-4)]
     assert json.loads((tmp_path / "l" / "state.json").read_text())["lr"] == pytest.approx(2e-4)
+
+
+def test_speed_perturbation_off_leaves_mixes_and_on_changes_tempo():
+    rng = np.random.default_rng(5)
+    t = np.arange(48000) / 16000
+    speech = [(0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)]
+    noise = [rng.standard_normal(30000).astype(np.float32)]
+    old = Mixer(speech, noise, MixConfig(segment=16000), seed=1)
+    off = Mixer(speech, noise, MixConfig(segment=16000, speed=0.0), seed=1)
+    for i in range(10):
+        np.testing.assert_array_equal(old.mix(i)[0], off.mix(i)[0])
+    on = Mixer(speech, [], MixConfig(segment=16000, speed=0.1, synthetic_prob=0.0), seed=1)
+    peaks = []
+    for i in range(10):
+        clean = on.mix(i)[1]
+        assert clean.shape == (16000,) and clean.dtype == np.float32
+        f = np.fft.rfftfreq(16000, 1 / 16000)
+        peaks.append(f[np.argmax(np.abs(np.fft.rfft(clean)))])
+    assert all(395 <= p <= 485 for p in peaks), peaks  # 440 Hz read 0.9-1.1x as fast
+    assert max(peaks) - min(peaks) > 10  # and the factor varies between mixes
+
+
+def test_heldout_esc50_classes_never_reach_training(tmp_path):
+    from convert.data import ESC50_HELDOUT, esc50_class, without_heldout
+
+    held = next(iter(ESC50_HELDOUT))
+    kept = [c for c in range(50) if c not in ESC50_HELDOUT][0]
+    files = [tmp_path / f"1-100032-A-{held}.wav", tmp_path / f"2-2000-B-{kept}.wav", tmp_path / "rain_01.ogg"]
+    assert [esc50_class(f) for f in files] == [held, kept, None]
+    assert without_heldout(files) == (files[1:], 1)

@@ -1,0 +1,172 @@
+"""Quality on what no model here trained or was tuned on: per set, per input SNR, per noise category, clean in.
+
+    python bench/generalisation.py --gendev DIR --devmix DIR --model NAME=BUNDLE [--model NAME=BUNDLE ...]
+                                   [--reference NAME] [--out generalisation]
+
+Scores every bundle with ``edge.evaluate`` (PESQ-WB, STOI, SI-SDR; the same scorer as ``edge-denoise
+eval``) on three sets: VBD-23 (``../shared/data/test/vbd_test``), the generalisation dev set (unseen
+speakers x noise categories absent from training, ``python -m convert.devset --generalisation``; its
+``labels.tsv`` gives each mix's category and SNR) and the fixed dev mixes (``python -m convert.devset``).
+Then, per bundle:
+- means per input SNR and per noise category on the generalisation set, beside the noisy input;
+- transparency: clean speech in (unseen speakers: speech/dev and VBD-23's clean side), PESQ-WB and
+  SI-SDR of the output against the input, both high-passed at 60 Hz;
+- paired comparisons against ``--reference``: mean per-file difference with a 95 % bootstrap interval
+  (10 000 resamples) and the count of files ahead.
+Writes bench/results/OUT.json (means and per-file scores) and OUT.md (the tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from common import REPO, SHARED, WORK, skip, write_result  # noqa: I001
+
+import edge  # noqa: E402
+from edge.audio import read_audio, to_mono_rate  # noqa: E402
+from edge.evaluate import _pairs, evaluate, scores  # noqa: E402
+from edge.options import Options  # noqa: E402
+
+METRICS = ("pesq_wb", "stoi", "si_sdr")
+RATE = 16000
+
+
+def highpass(x: np.ndarray, cutoff_hz: float = 60.0) -> np.ndarray:
+    """Zero-phase high-pass (gain 1 / (1 + (fc/f)^8) on the spectrum), as ``convert.data.highpass``."""
+    f = np.fft.rfftfreq(len(x), 1.0 / RATE)
+    gain = 1.0 / (1.0 + (cutoff_hz / np.maximum(f, 1e-3)) ** 8)
+    return np.fft.irfft(np.fft.rfft(x.astype(np.float64)) * gain, len(x)).astype(np.float32)
+
+
+def transparency(bundle, files: list[Path]) -> dict:
+    """Clean speech in: the output scored against its own input, both high-passed at 60 Hz."""
+    rows = []
+    for f in files:
+        x, sr, _ = read_audio(str(f))
+        x = to_mono_rate(x, sr, RATE)
+        y = edge.denoise(x, bundle)
+        s = scores(highpass(x), highpass(y))
+        rows.append({"file": f.name, "pesq_wb": round(s["pesq_wb"], 4), "si_sdr": round(s["si_sdr"], 3)})
+    return {"files": len(rows), "pesq_wb": round(float(np.mean([r["pesq_wb"] for r in rows])), 4),
+            "si_sdr": round(float(np.mean([r["si_sdr"] for r in rows])), 3), "per_file": rows}
+
+
+def by_label(per_file: list[dict], labels: dict[str, dict], key: str) -> dict:
+    """Means of output and noisy-input metrics grouped by a column of labels.tsv."""
+    groups: dict[str, list[dict]] = {}
+    for r in per_file:
+        groups.setdefault(labels[r["file"]][key], []).append(r)
+    order = sorted(groups, key=lambda g: (float(g) if key == "snr_db" else 0, g))
+    return {g: {"n": len(groups[g]), **{m: round(float(np.mean([r[m] for r in groups[g]])), 4)
+                                        for m in METRICS + tuple(f"noisy_{m}" for m in METRICS)}}
+            for g in order}
+
+
+def paired(a: list[dict], b: list[dict], metric: str, resamples: int = 10000, seed: int = 0) -> dict:
+    """Mean of a - b per file, its 95 % bootstrap interval and how many files a is ahead on."""
+    bm = {r["file"]: r[metric] for r in b}
+    d = np.array([r[metric] - bm[r["file"]] for r in a])
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"mean": round(float(d.mean()), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "ahead": int((d > 0).sum()), "of": len(d)}
+
+
+def score_model(bundle, sets: dict[str, Path], clean_files: list[Path], labels: dict) -> dict:
+    out = {"bundle": bundle.name, "sha256": bundle.sha256, "quantization": bundle.quantization}
+    for label, root in sets.items():
+        r = evaluate(bundle, Options(), _pairs(str(root / "clean"), str(root / "noisy")))
+        rows = [{k: v for k, v in row.items() if not k.startswith("gain_")} for row in r["per_file"]]
+        out[label] = {"means": {k: v for k, v in r["means"].items() if not k.startswith("gain_")},
+                      "per_file": rows}
+        if label == "gendev" and labels:
+            out[label]["by_snr"] = by_label(rows, labels, "snr_db")
+            out[label]["by_category"] = by_label(rows, labels, "category")
+    out["transparency"] = transparency(bundle, clean_files)
+    return out
+
+
+def markdown(res: dict, ref: str) -> str:
+    lines = ["| model | " + " | ".join(f"{s} PESQ-WB / STOI / SI-SDR" for s in res["sets"]) + " | clean in PESQ / SI-SDR |",
+             "|---|" + "---|" * (len(res["sets"]) + 1)]
+    first = next(iter(res["models"].values()))
+    lines.append("| noisy input | " + " | ".join(
+        "{noisy_pesq_wb:.3f} / {noisy_stoi:.3f} / {noisy_si_sdr:.2f}".format(**first[s]["means"])
+        for s in res["sets"]) + " | |")
+    for name, m in res["models"].items():
+        t = m["transparency"]
+        lines.append(f"| {name} | " + " | ".join(
+            "{pesq_wb:.3f} / {stoi:.3f} / {si_sdr:.2f}".format(**m[s]["means"]) for s in res["sets"])
+            + f" | {t['pesq_wb']:.2f} / {t['si_sdr']:.1f} |")
+    if "gendev" in res["sets"] and "by_snr" in first["gendev"]:
+        snrs = list(first["gendev"]["by_snr"])
+        lines += ["", "Generalisation set, SI-SDR dB by input SNR (noisy input first):", "",
+                  "| model | " + " | ".join(f"{s} dB" for s in snrs) + " |", "|---|" + "---|" * len(snrs),
+                  "| noisy input | " + " | ".join(f"{first['gendev']['by_snr'][s]['noisy_si_sdr']:.2f}"
+                                                  for s in snrs) + " |"]
+        for name, m in res["models"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{m['gendev']['by_snr'][s]['si_sdr']:.2f}" for s in snrs) + " |")
+    if ref in res["models"]:
+        lines += ["", f"Paired against {ref}: mean difference [95 % bootstrap interval], files ahead:", "",
+                  "| model | set | PESQ-WB | STOI | SI-SDR dB |", "|---|---|---|---|---|"]
+        for name, m in res["models"].items():
+            for s in res["sets"]:
+                if name == ref:
+                    continue
+                cells = [m["paired"][s][k] for k in METRICS]
+                lines.append(f"| {name} | {s} | " + " | ".join(
+                    f"{c['mean']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] {c['ahead']}/{c['of']}"
+                    for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", action="append", required=True, metavar="NAME=BUNDLE")
+    p.add_argument("--gendev", metavar="DIR", help="python -m convert.devset --generalisation output")
+    p.add_argument("--devmix", metavar="DIR", help="python -m convert.devset output")
+    p.add_argument("--reference", default=None, help="model NAME the others are paired against (default: first)")
+    p.add_argument("--out", default="generalisation", help="result name under bench/results/")
+    args = p.parse_args()
+    data = SHARED / "data"
+    sets = {"vbd23": data / "test" / "vbd_test"}
+    sets.update({k: Path(v) for k, v in (("gendev", args.gendev), ("devmix", args.devmix)) if v})
+    for label, root in sets.items():
+        if not (root / "clean").is_dir():
+            skip(f"{label}: no clean/ under {root}")
+    labels = {}
+    if args.gendev and (Path(args.gendev) / "labels.tsv").is_file():
+        with open(Path(args.gendev) / "labels.tsv") as f:
+            labels = {r["file"]: r for r in csv.DictReader(f, delimiter="\t")}
+    clean_files = sorted((data / "speech" / "dev").rglob("*.flac")) + sorted((sets["vbd23"] / "clean").glob("*.wav"))
+    models = dict(m.split("=", 1) for m in args.model)
+    ref = args.reference or next(iter(models))
+    res = {"sets": list(sets), "reference": ref, "models": {}}
+    for name, path in models.items():
+        bundle = edge.load_bundle(REPO / path)
+        # scores of a bundle on the same sets are kept between runs: adding a model re-scores only it
+        cache = WORK / "generalisation" / f"{bundle.sha256[:16]}-{'-'.join(sets)}.json"
+        if cache.is_file():
+            res["models"][name] = json.loads(cache.read_text())
+            continue
+        print(f"scoring {name} ({path})", flush=True)
+        res["models"][name] = score_model(bundle, sets, clean_files, labels)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(res["models"][name]))
+    for name, m in res["models"].items():
+        m["paired"] = {s: {k: paired(m[s]["per_file"], res["models"][ref][s]["per_file"], k) for k in METRICS}
+                       for s in sets}
+    md = markdown(res, ref)
+    write_result(args.out, res)
+    (REPO / "bench" / "results" / f"{args.out}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
