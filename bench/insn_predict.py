@@ -64,6 +64,12 @@ def table_markdown(result: dict[str, Any]) -> str:
            "|---|" + "---:|" * len(cpus)]
     for w in whats:
         out.append(f"| {w} | " + " | ".join(f"{by[(c, w)]:.3f}" if (c, w) in by else "-" for c in cpus) + " |")
+    for mode in ("float32", "dynamic"):  # the same weights through both loops
+        pub = next((w for w in whats if w.startswith(f"published DTLN loop, {mode}")), None)
+        ours = f"pretrained_model/dtln-published/{mode}"
+        ratios = [f"{c} {by[(c, ours)] / by[(c, pub)]:.3f}" for c in cpus if (c, ours) in by and (c, pub) in by]
+        if ratios:
+            out += ["", f"Ours / the published loop on the published weights, {mode}: " + ", ".join(ratios) + "."]
     pred = result["prediction"]
     out += ["", f"**{pred['label']}**: {pred['method']}", ""]
     for a in pred["assumptions"].values():

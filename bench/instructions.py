@@ -18,6 +18,7 @@ No root needed.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
@@ -133,9 +134,9 @@ def count(plugin: Path, prefix: Path, cpu: str, deps: Path, args: list[str], tmp
     return int(text)
 
 
-def variants(bundles: list[str]) -> dict[str, list[str]]:
+def variants(bundles: list[str], published: bool = True) -> dict[str, list[str]]:
     out = {b: ["ours", str(REPO / b)] for b in bundles}
-    for mode, files in PUBLISHED.items():
+    for mode, files in PUBLISHED.items() if published else ():
         paths = [REFERENCE / f for f in files]
         if all(p.is_file() for p in paths):
             out[f"published DTLN loop, {mode} ({' + '.join(files)})"] = ["published", *map(str, paths)]
@@ -143,6 +144,18 @@ def variants(bundles: list[str]) -> dict[str, list[str]]:
             print(f"published {mode}: not counted, missing {[str(p) for p in paths if not p.is_file()]}",
                   file=sys.stderr)
     return out
+
+
+def _kept(args: argparse.Namespace, counts: list[dict], settings: dict) -> list[dict]:
+    """With --update: the rows of the existing result that were not counted again (same settings only)."""
+    path = REPO / "bench" / "results" / f"{args.output}.json"
+    if not args.update or not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    if old.get("settings") != settings:
+        raise SystemExit(f"--update: {path} was counted with other settings ({old.get('settings')}); count all again")
+    new = {(c["cpu"], c["what"]) for c in counts}
+    return [c for c in old["counts"] if (c["cpu"], c["what"]) not in new]
 
 
 def main() -> int:
@@ -155,6 +168,9 @@ def main() -> int:
     p.add_argument("--plugin-header", type=Path, default=None, help=f"qemu-plugin.h (default: {HEADER_GLOB})")
     p.add_argument("--jobs", type=int, default=2, help="qemu processes at a time (default: 2)")
     p.add_argument("--output", default="instructions", help="results/NAME.json and .md (default: instructions)")
+    p.add_argument("--update", action="store_true",
+                   help="keep the other rows of results/NAME.json (same settings required); with --bundles: count "
+                        "only those, not the published loop")
     args = p.parse_args()
     short, long_ = sorted(args.blocks)
     if short < 1 or long_ - short < 50:
@@ -175,7 +191,7 @@ def main() -> int:
     deps, versions = arm_deps(work, py)
     bundles = args.bundles if args.bundles is not None else sorted(
         str(m.parent.relative_to(REPO)) for m in REPO.glob("pretrained_model/*/*/manifest.json"))
-    todo = variants(bundles)
+    todo = variants(bundles, published=args.bundles is None)
     qemu_version = _run([QEMU, "--version"]).splitlines()[0]
     api = re.search(r"#define QEMU_PLUGIN_VERSION (\d+)", header.read_text()).group(1)
     counts = []
@@ -190,17 +206,20 @@ def main() -> int:
                 counts.append({"cpu": cpu, "what": name, "insns_short": a, "insns_long": b,
                              "minsn_per_block": round(per_block / 1e6, 3)})
                 print(f"{cpu} {name}: {per_block / 1e6:.3f} M instructions per block", file=sys.stderr, flush=True)
+    settings = {"blocks": [short, long_], "method": "(count(LONG) - count(SHORT)) / (LONG - SHORT)",
+                "loop": "bench/insn_loop.py: ours = StreamingDenoiser.process() one 128-sample block per "
+                        "call; published = the published DTLN tflite loop; one thread, XNNPACK on",
+                "qemu": qemu_version, "plugin": f"bench/qemu/insn_count.c, plugin API {api}",
+                "arm64 root": f"{ROOT_KEY} (Debian bookworm, Python {py})", "arm64 wheels": versions}
     result = {
         "title": "Instructions per 8 ms block, whole loop (Python + numpy + interpreter), emulated ARM CPUs",
-        "settings": {"blocks": [short, long_], "method": "(count(LONG) - count(SHORT)) / (LONG - SHORT)",
-                     "loop": "bench/insn_loop.py: ours = StreamingDenoiser.process() one 128-sample block per "
-                             "call; published = the published DTLN tflite loop; one thread, XNNPACK on",
-                     "qemu": qemu_version, "plugin": f"bench/qemu/insn_count.c, plugin API {api}",
-                     "arm64 root": f"{ROOT_KEY} (Debian bookworm, Python {py})", "arm64 wheels": versions},
-        "counts": counts,
-        "prediction": predict(counts),
+        "settings": settings,
+        "counts": _kept(args, counts, settings) + counts,
+        "prediction": None,
         "notes": NOTES,
     }
+    result["counts"].sort(key=lambda c: (c["cpu"], c["what"].startswith("published"), c["what"]))
+    result["prediction"] = predict(result["counts"])
     result["markdown"] = table_markdown(result)
     write_result(args.output, result)
     (REPO / "bench" / "results" / f"{args.output}.md").write_text(result["markdown"])
