@@ -41,8 +41,9 @@ def _fmt(v: float | None, unit: str) -> str:
 
 def render_bench(doc: dict[str, Any]) -> str:
     out = [f"## {doc.get('title', doc['bench'])}", "",
-           f"`{doc['command']}` ({doc['created']})  ", f"Device: {_device(doc['device'])}", "",
-           "| figure | median | min | max | runs | unit |", "|---|---|---|---|---|---|"]
+           f"`{doc['command']}` ({doc['created']})  ", f"Device: {_device(doc['device'])}"]
+    if doc.get("rows"):
+        out += ["", "| figure | median | min | max | runs | unit |", "|---|---|---|---|---|---|"]
     for r in doc.get("rows", []):
         u = r["unit"]
         out.append(f"| {r['what']} | {_fmt(r.get('median'), u)} | {_fmt(r.get('min'), u)} | "
@@ -75,6 +76,8 @@ def render_bench(doc: dict[str, Any]) -> str:
         out += ["", "Output against the published float32 loop (same 4 s of audio): "
                 + "; ".join(f"{k}: SNR {v['snr_db']:.1f} dB, max abs diff {v['max_abs_diff']:.2g}"
                             for k, v in agreement.items()) + "."]
+    if doc.get("markdown"):  # a bench with its own tables (bench/instructions.py)
+        out += ["", doc["markdown"].rstrip()]
     out += [""] + [f"- {n}" for n in doc.get("notes", [])]
     return "\n".join(out).rstrip() + "\n"
 
