@@ -1,7 +1,7 @@
 """Build hook: the wheel carries the default bundles (``edge.models.DEFAULT_BUNDLES``) as package data.
 
 ``pretrained_model/X/MODE`` goes to ``edge/_bundles/X/MODE``: the manifest and exactly the files it names
-(submodels, arrays, golden pair), plus ``X/scores.json`` and ``X/MODEL_CARD.md`` beside them. The tuple is
+(submodels, arrays, golden pair), plus ``X/scores.json``, ``X/MODEL_CARD.md`` and ``X/LICENSE`` beside them. The tuple is
 read as text (``ast``), so building needs nothing of ``edge``'s dependencies. Everything else is in
 ``pyproject.toml``.
 """
@@ -17,7 +17,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-SIDE_FILES = ("scores.json", "MODEL_CARD.md")
+SIDE_FILES = ("scores.json", "MODEL_CARD.md", "LICENSE")  # LICENSE: a bundle of weights under MIT carries it
 
 
 def default_bundles() -> tuple[str, ...]:
