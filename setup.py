@@ -1,8 +1,8 @@
 """Build hook: the wheel carries the default bundles (``edge.models.DEFAULT_BUNDLES``) as package data.
 
 ``pretrained_model/X/MODE`` goes to ``edge/_bundles/X/MODE``: the manifest and exactly the files it names
-(submodels, arrays, golden pair), plus ``X/scores.json``, ``X/MODEL_CARD.md`` and ``X/LICENSE`` beside them. The tuple is
-read as text (``ast``), so building needs nothing of ``edge``'s dependencies. Everything else is in
+(submodels, arrays, golden pair), plus ``X/scores.json``, ``X/MODEL_CARD.md`` and ``X/LICENSE`` beside them.
+The tuple is read as text (``ast``), so building needs nothing of ``edge``'s dependencies. Everything else is in
 ``pyproject.toml``.
 """
 

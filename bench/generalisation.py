@@ -96,11 +96,11 @@ def markdown(res: dict, ref: str) -> str:
     head = " | ".join(f"{s} PESQ-WB / STOI / SI-SDR" for s in res["sets"])
     lines = [f"| model | {head} | clean in PESQ / SI-SDR |",
              "|---|" + "---|" * (len(res["sets"]) + 1)]
-    first = next(iter(res["models"].values()))
+    first = next(iter(res["scored"].values()))
     lines.append("| noisy input | " + " | ".join(
         "{noisy_pesq_wb:.3f} / {noisy_stoi:.3f} / {noisy_si_sdr:.2f}".format(**first[s]["means"])
         for s in res["sets"]) + " | |")
-    for name, m in res["models"].items():
+    for name, m in res["scored"].items():
         t = m["transparency"]
         lines.append(f"| {name} | " + " | ".join(
             "{pesq_wb:.3f} / {stoi:.3f} / {si_sdr:.2f}".format(**m[s]["means"]) for s in res["sets"])
@@ -111,12 +111,12 @@ def markdown(res: dict, ref: str) -> str:
                   "| model | " + " | ".join(f"{s} dB" for s in snrs) + " |", "|---|" + "---|" * len(snrs),
                   "| noisy input | " + " | ".join(f"{first['gendev']['by_snr'][s]['noisy_si_sdr']:.2f}"
                                                   for s in snrs) + " |"]
-        for name, m in res["models"].items():
+        for name, m in res["scored"].items():
             lines.append(f"| {name} | " + " | ".join(f"{m['gendev']['by_snr'][s]['si_sdr']:.2f}" for s in snrs) + " |")
-    if ref in res["models"]:
+    if ref in res["scored"]:
         lines += ["", f"Paired against {ref}: mean difference [95 % bootstrap interval], files ahead:", "",
                   "| model | set | PESQ-WB | STOI | SI-SDR dB |", "|---|---|---|---|---|"]
-        for name, m in res["models"].items():
+        for name, m in res["scored"].items():
             for s in res["sets"]:
                 if name == ref:
                     continue
@@ -158,23 +158,23 @@ def main() -> int:
     clean_files = sorted((data / "speech" / "dev").rglob("*.flac")) + sorted((sets["vbd23"] / "clean").glob("*.wav"))
     models = dict(m.split("=", 1) for m in args.model)
     ref = args.reference or next(iter(models))
-    res = {"sets": list(sets), "reference": ref, "models": {}}
+    res = {"sets": list(sets), "reference": ref, "scored": {}}
     for name, path in models.items():
         bundle = edge.load_bundle(REPO / path)
         # scores of a bundle on the same sets are kept between runs: adding a model re-scores only it
         cache = WORK / "generalisation" / f"{output_key(bundle)}-{'-'.join(sets)}.json"
         if cache.is_file():
-            res["models"][name] = {**json.loads(cache.read_text()), "bundle": bundle.name, "sha256": bundle.sha256}
+            res["scored"][name] = {**json.loads(cache.read_text()), "bundle": bundle.name, "sha256": bundle.sha256}
             continue
         print(f"scoring {name} ({path})", flush=True)
-        res["models"][name] = score_model(bundle, sets, clean_files, labels)
+        res["scored"][name] = score_model(bundle, sets, clean_files, labels)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(res["models"][name]))
-    for m in res["models"].values():
-        m["paired"] = {s: {k: paired(m[s]["per_file"], res["models"][ref][s]["per_file"], k) for k in METRICS}
+        cache.write_text(json.dumps(res["scored"][name]))
+    for m in res["scored"].values():
+        m["paired"] = {s: {k: paired(m[s]["per_file"], res["scored"][ref][s]["per_file"], k) for k in METRICS}
                        for s in sets}
     md = markdown(res, ref)
-    write_result(args.out, res)
+    write_result(args.out, {**res, "markdown": md})
     (REPO / "bench" / "results" / f"{args.out}.md").write_text(md)
     print(md)
     return 0
