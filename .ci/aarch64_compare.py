@@ -25,13 +25,16 @@ import soundfile as sf
 # - none / float16: 128-143 dB (float rounding only). Floor 100: >= 28 dB of margin, and any real
 #   fault (a wrong kernel, a wrong weight) lands far below (< 40 dB).
 # - int16x8: 75.7 dB DTLN, identical PoCoNet (an int16 activation step now and then). Floor 60.
-# - dynamic: 55.6-62.6 dB (activations quantised per call, so a last-bit difference moves a whole
-#   step). Floor 45: x86 XNNPACK vs x86 reference kernels already differ by 46 dB.
+# - dynamic: 55.6-62.6 dB on our models, 42.7-44.0 dB on the published DTLN (activations quantised per
+#   call, so a last-bit difference moves a whole step; the published model's larger activations move
+#   bigger steps). Floor 40: x86 XNNPACK vs x86 reference kernels already differ by 46 dB on our DTLN,
+#   and the mode's own error against float32 is ~32 dB (its verification tolerance 30), so 40 dB
+#   between two CPUs is a tenth of what the mode itself costs.
 # - int8: 129.9 dB DTLN, 41.3 dB PoCoNet; with tflite-runtime 2.14 (no XNNPACK for int8 there, so
 #   each CPU's builtin int8 kernels) 35.5 dB PoCoNet. Floor 30: x86 XNNPACK vs x86 reference kernels
 #   differ by 31 dB on int8, so two right kernel sets can come that close; tflite-runtime 2.14's wrong
 #   int16x8 PoCoNet, the fault this stage exists to catch, gives 3.8 dB against its reference.
-FLOORS_DB = {"none": 100.0, "float16": 100.0, "int16x8": 60.0, "dynamic": 45.0, "int8": 30.0}
+FLOORS_DB = {"none": 100.0, "float16": 100.0, "int16x8": 60.0, "dynamic": 40.0, "int8": 30.0}
 
 
 def snr_db(ref: np.ndarray, est: np.ndarray) -> float:
