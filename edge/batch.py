@@ -1,14 +1,23 @@
-"""Many streams per invoke: B streams' ready hops through one interpreter per submodel, states [B, ...].
+"""Many streams per invoke: the ready hops of B streams through one interpreter per submodel, states [B, ...].
 
 A bundle may offer batch-axis submodels in its manifest's ``streams`` section (written by
-``python -m convert.streams``): the per-block submodels with ``batch`` rows instead of one, each row an
-independent stream with its own state rows. ``BatchEngine`` owns one interpreter per submodel (one
-copy of the packed weights) for up to ``batch`` streams; each stream keeps only its framing buffers and
-its state rows. Every call of ``process`` runs the hops that are ready, one batch per round: round r
-takes the r-th ready hop of every stream that has one. A stream's output equals running it alone
-(``edge.StreamingDenoiser``) within the mode's tolerance.
+``python -m convert.streams``): the per-block submodels with a batch of independent streams instead of
+one, each row a stream with its own state rows. Two kinds:
 
-Not thread-safe: one engine per thread (or per event loop), like an interpreter.
+- ``"resizable": true``: the graphs' batch axis is dynamic; the manifest lists them at batch 1 and
+  ``batch`` is the most streams one engine takes. The engine resizes a copy of each graph to the
+  batch a call needs (a few sizes: 1, 2, 4, 8, 16, then steps of 16 to 64 and of 32 above), made on
+  first use and kept, so a call costs about what its ready streams cost.
+- fixed: the graphs take exactly ``batch`` rows; idle rows are padding.
+
+``BatchEngine`` owns those interpreters (one copy of the packed weights per size) for up to its
+capacity of streams; each stream keeps only its framing buffers and its state rows. Every ``process``
+call runs the hops that are ready, one batch per round: round r takes the r-th ready hop of every stream
+that has one. Output is delay compensated like ``edge.stream.AlignedStream``: sample k of a stream's
+output is its input sample k, and ``flush`` returns the rest (total out == total in). A stream's output
+equals running it alone (``edge.denoise``) within the mode's tolerance.
+
+Not thread-safe: one engine per thread, like an interpreter.
 """
 
 from __future__ import annotations
@@ -32,22 +41,23 @@ SECTION = "streams"
 
 @dataclass(frozen=True)
 class StreamsSpec:
-    """The manifest's ``streams`` section: submodels taking ``batch`` independent streams per call."""
+    """The manifest's ``streams`` section: submodels taking up to ``batch`` independent streams per call."""
 
     batch: int
+    resizable: bool
     submodels: tuple[SubmodelSpec, ...]
     verification: Mapping[str, Any]
 
 
-def _check_rows(pb: SubmodelSpec, bs: SubmodelSpec, batch: int, where: str) -> None:
-    """Every tensor of the batch graph is the per-block one with ``batch`` rows on axis 0."""
+def _check_rows(pb: SubmodelSpec, bs: SubmodelSpec, rows: int, where: str) -> None:
+    """Every tensor of the batch graph is the per-block one with ``rows`` rows on axis 0."""
     if bs.states != pb.states or (bs.data_input, bs.data_output) != (pb.data_input, pb.data_output):
         raise BundleError(f"{where}: tensors {dict(bs.states)}, {bs.data_input} -> {bs.data_output} differ from "
                           f"the per-block submodel's {dict(pb.states)}, {pb.data_input} -> {pb.data_output}")
     for got, want in [(bs.input(t.name), t) for t in pb.inputs] + [(bs.output(t.name), t) for t in pb.outputs]:
-        expect = (batch, *want.shape[1:])
+        expect = (rows, *want.shape[1:])
         if want.shape[:1] != (1,) or not _same_tensor(got, replace(want, shape=expect)):
-            raise BundleError(f"{where}: {got.name} is {got.dtype}{list(got.shape)}; with batch {batch} the "
+            raise BundleError(f"{where}: {got.name} is {got.dtype}{list(got.shape)}; with batch {rows} the "
                               f"per-block {want.dtype}{list(want.shape)} needs {want.dtype}{list(expect)}")
 
 
@@ -60,6 +70,9 @@ def parse_streams(bundle: Bundle) -> StreamsSpec:
     batch = sec.get("batch")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise BundleError(f"{mpath} {SECTION}: 'batch' should be an int >= 1, got {batch!r}")
+    resizable = sec.get("resizable", False)
+    if not isinstance(resizable, bool):
+        raise BundleError(f"{mpath} {SECTION}: 'resizable' should be true or false, got {resizable!r}")
     entries = sec.get("submodels")
     if not isinstance(entries, list):
         raise BundleError(f"{mpath} {SECTION}: 'submodels' should be a list, got {entries!r}")
@@ -69,31 +82,78 @@ def parse_streams(bundle: Bundle) -> StreamsSpec:
         raise BundleError(f"{mpath} {SECTION}: submodels {[s.name for s in subs]} should be the per-block ones "
                           f"{[s.name for s in bundle.submodels]}, in that order")
     for pb, bs in zip(bundle.submodels, subs, strict=True):
-        _check_rows(pb, bs, batch, f"{bundle.path}/{bs.file}")
-    return StreamsSpec(batch=batch, submodels=subs, verification=dict(sec.get("verification", {})))
+        _check_rows(pb, bs, 1 if resizable else batch, f"{bundle.path}/{bs.file}")
+    return StreamsSpec(batch=batch, resizable=resizable, submodels=subs,
+                       verification=dict(sec.get("verification", {})))
+
+
+def batch_size(rows: int, capacity: int) -> int:
+    """The graph batch a call with ``rows`` ready streams runs at (resizable graphs): 1, 2, 4, 8, 16, then
+    multiples of 16 up to 64 and of 32 above, at most ``capacity``. Few sizes (each one an interpreter),
+    little padding (at most 1/3 of a call's rows above 16)."""
+    if rows <= 16:
+        size = 1 << max(0, rows - 1).bit_length()
+    else:
+        step = 16 if rows <= 64 else 32
+        size = -(-rows // step) * step
+    return min(size, capacity)
+
+
+class _Sized:
+    """One interpreter of a batch-axis submodel at one batch size, with its input buffers."""
+
+    def __init__(self, it: Any, index: dict[str, int], spec: SubmodelSpec, size: int):
+        self.it = it
+        self.data_in, self.data_out = index[spec.data_input], index[spec.data_output]
+        self.state_io = [(index[i], index[o]) for i, o in spec.states]
+        self.x = np.zeros((size, *spec.input(spec.data_input).shape[1:]), np.float32)
+        self.states = [np.zeros((size, *spec.input(i).shape[1:]), np.dtype(spec.input(i).dtype))
+                       for i, _ in spec.states]
 
 
 class _BatchRunner:
-    """One batch-axis submodel: the state rows of every slot; ``frames`` runs the rows in ``ready``."""
+    """One batch-axis submodel: the state rows of every slot; ``frames`` runs the rows of the slots in
+    ``ready`` through an interpreter of the batch size the call needs."""
 
-    def __init__(self, bundle: Bundle, spec: SubmodelSpec, options: Options):
-        self._it = make_interpreter(spec.content, options.num_threads, options.xnnpack)
-        index = check_interpreter(bundle, spec, self._it)
-        self._in, self._out = index[spec.data_input], index[spec.data_output]
+    def __init__(self, bundle: Bundle, spec: SubmodelSpec, options: Options, capacity: int, resizable: bool):
+        self._bundle, self._spec, self._options = bundle, spec, options
+        self._capacity, self._resizable = capacity, resizable
+        self._sized: dict[int, _Sized] = {}
         self._q_in, _ = _quantizer(spec.input(spec.data_input))
         _, self._dq_out = _quantizer(spec.output(spec.data_output))
-        self._x = np.zeros(spec.input(spec.data_input).shape, np.float32)
-        self._pairs = []
         self.states = []
         for s_in, s_out in spec.states:
             tin, tout = spec.input(s_in), spec.output(s_out)
             if (tin.dtype, tin.scale, tin.zero_point) != (tout.dtype, tout.scale, tout.zero_point):
                 raise BundleError(f"{bundle.path}/{spec.file}: state {s_in} -> {s_out} changes quantisation; "
                                   "batch graphs are made for float-activation modes only")
-            self._pairs.append((index[s_in], index[s_out]))
-            self.states.append(_quantizer(tin)[0](np.zeros(tin.shape, np.float32)))
+            self.states.append(_quantizer(tin)[0](np.zeros((capacity, *tin.shape[1:]), np.float32)))
+        self._get(1 if resizable else capacity)  # load and check the graph now, not at the first hop
         self.ready: np.ndarray = np.zeros(0, np.intp)
         """Slots whose rows the next ``frames`` call carries, in row order."""
+
+    @property
+    def sizes(self) -> list[int]:
+        """The batch sizes with an interpreter made so far."""
+        return sorted(self._sized)
+
+    def _get(self, size: int) -> _Sized:
+        sized = self._sized.get(size)
+        if sized is not None:
+            return sized
+        spec = self._spec
+        it = make_interpreter(spec.content, self._options.num_threads, self._options.xnnpack)
+        index = check_interpreter(self._bundle, spec, it)
+        if self._resizable and size != 1:
+            for t in spec.inputs:
+                it.resize_tensor_input(index[t.name], [size, *t.shape[1:]])
+            try:
+                it.allocate_tensors()
+            except (RuntimeError, ValueError) as exc:
+                raise BundleError(f"{self._bundle.path}/{spec.file}: cannot resize its batch to {size} "
+                                  f"({str(exc).strip().splitlines()[0]}); is it really resizable?") from None
+        sized = self._sized[size] = _Sized(it, index, spec, size)
+        return sized
 
     def reset_slot(self, slot: int) -> None:
         for s in self.states:
@@ -102,47 +162,80 @@ class _BatchRunner:
     def frames(self, x: np.ndarray) -> np.ndarray:
         """``x``: (1, rows, ...) for the slots in ``ready``; returns the outputs likewise."""
         rows = self.ready
-        it = self._it
-        self._x[rows] = x.reshape(len(rows), *self._x.shape[1:])
-        it.set_tensor(self._in, self._q_in(self._x))
-        for k, (i, _) in enumerate(self._pairs):
-            it.set_tensor(i, self.states[k])
+        k = len(rows)
+        sz = self._get(batch_size(k, self._capacity) if self._resizable else self._capacity)
+        it = sz.it
+        sz.x[:k] = x.reshape(k, *sz.x.shape[1:])
+        sz.x[k:] = 0.0
+        it.set_tensor(sz.data_in, self._q_in(sz.x))
+        for st, buf, (i, _) in zip(self.states, sz.states, sz.state_io, strict=True):
+            buf[:k] = st[rows]
+            it.set_tensor(i, buf)
         it.invoke()
-        for k, (_, o) in enumerate(self._pairs):
-            self.states[k][rows] = it.get_tensor(o)[rows]  # idle slots keep their state
-        out = self._dq_out(it.get_tensor(self._out))[rows]
-        return out.reshape(1, len(rows), *out.shape[2:])
+        for st, (_, o) in zip(self.states, sz.state_io, strict=True):
+            st[rows] = it.get_tensor(o)[:k]
+        out = self._dq_out(it.get_tensor(sz.data_out)[:k])
+        return out.reshape(1, k, *out.shape[2:])
 
 
 class _Slot:
-    """One stream's framing: what ``StreamingDenoiser`` keeps per stream, less the interpreters."""
+    """One stream's framing and delay compensation: what ``AlignedStream`` keeps, less the interpreters."""
 
-    def __init__(self, n: int, s: int):
-        self.inbuf, self.outbuf = np.zeros(n), np.zeros(n)
+    def __init__(self, latency: int):
         self.pending = np.zeros(0, np.float32)
-        self.samples_in = self.samples_out = 0
+        """Input samples not yet in a hop."""
+        self.to_drop = latency
+        """Output samples still to drop (the model's delay)."""
+        self.owed = 0
+        """Input samples given whose output has not been returned yet."""
 
 
 class BatchEngine:
-    """Up to ``batch`` streams through one interpreter per submodel (the bundle's ``streams`` graphs)."""
+    """Up to ``capacity`` streams through one interpreter per submodel and batch size (``streams`` graphs).
 
-    def __init__(self, bundle: Bundle, options: Options | None = None):
+    ``capacity``: for resizable graphs, at most the manifest's ``batch`` (default: that); fixed graphs
+    take exactly their batch.
+    """
+
+    def __init__(self, bundle: Bundle, options: Options | None = None, capacity: int | None = None):
         self.spec = parse_streams(bundle)
         self._bundle = bundle
         options = options or Options()
-        self._runners = {sm.name: _BatchRunner(bundle, sm, options) for sm in self.spec.submodels}
+        cap = self.spec.batch if capacity is None else capacity
+        if not 1 <= cap <= self.spec.batch or (cap != self.spec.batch and not self.spec.resizable):
+            raise EdgeError(f"{bundle.path}: capacity {cap}: its {SECTION} graphs take "
+                            + (f"1 to {self.spec.batch} streams" if self.spec.resizable
+                               else f"exactly {self.spec.batch} streams"))
+        self._cap = cap
+        self._runners = {sm.name: _BatchRunner(bundle, sm, options, cap, self.spec.resizable)
+                         for sm in self.spec.submodels}
         self._n, self._s = bundle.block_len, bundle.block_shift
         self._family = family_class(bundle)(bundle, self._runners, lambda spec: np.fft.irfft(spec, self._n))
         if not hasattr(self._family, "steps"):
             raise BundleError(f"{bundle.path}: family {bundle.family} has no multi-row step")
         self._ana, self._syn = windows(bundle.window, self._n, self._s)
+        self._inbuf = np.zeros((cap, self._n))
+        self._outbuf = np.zeros((cap, self._n))
         self._slots: dict[int, _Slot] = {}
         self.ticks: list[int] = []
         """Rows of every batch call so far (for status figures: batch sizes)."""
 
     @property
+    def bundle(self) -> Bundle:
+        return self._bundle
+
+    @property
     def capacity(self) -> int:
-        return self.spec.batch
+        return self._cap
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._slots)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Batch sizes with interpreters made so far (the first submodel's)."""
+        return next(iter(self._runners.values())).sizes
 
     @property
     def latency_samples(self) -> int:
@@ -150,12 +243,14 @@ class BatchEngine:
 
     def open(self) -> int:
         """A new stream: its slot number (zero states, empty buffers)."""
-        free = next((k for k in range(self.spec.batch) if k not in self._slots), None)
+        free = next((k for k in range(self._cap) if k not in self._slots), None)
         if free is None:
-            raise EdgeError(f"all {self.spec.batch} streams of this engine are in use")
+            raise EdgeError(f"all {self._cap} streams of this engine are in use")
         for r in self._runners.values():
             r.reset_slot(free)
-        self._slots[free] = _Slot(self._n, self._s)
+        self._inbuf[free] = 0.0
+        self._outbuf[free] = 0.0
+        self._slots[free] = _Slot(self.latency_samples)
         return free
 
     def close(self, slot: int) -> None:
@@ -169,51 +264,72 @@ class BatchEngine:
             raise EdgeError(f"stream {slot} is not open (open: {sorted(self._slots)})") from None
 
     def process(self, chunks: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
-        """Feed each open stream its audio (any length); return each one's float32 samples now ready."""
-        n, s = self._n, self._s
+        """Feed each open stream its audio (any length, float in [-1, 1]); return each one's aligned float32
+        samples now ready."""
+        return self._feed({slot: check_audio(x, self._bundle.sample_rate) for slot, x in chunks.items()})
+
+    def _feed(self, chunks: Mapping[int, np.ndarray], owe: bool = True) -> dict[int, np.ndarray]:
+        s = self._s
         for slot, x in chunks.items():
             st = self._slot(slot)
-            x = check_audio(x, self._bundle.sample_rate)
-            st.pending = np.concatenate([st.pending, x.astype(np.float32, copy=False)])
-            st.samples_in += len(x)
-        outs = {slot: [] for slot in chunks}
-        while True:
-            ready = [k for k in chunks if len(self._slots[k].pending) >= s]
-            if not ready:
-                break
-            rows = np.asarray(ready, np.intp)
-            for r in self._runners.values():
-                r.ready = rows
-            frames = np.empty((len(ready), n))
-            for j, k in enumerate(ready):
-                st = self._slots[k]
-                st.inbuf[n - s:] = st.pending[:s]
-                st.pending = st.pending[s:]
-                frames[j] = st.inbuf
+            x = x.astype(np.float32, copy=False)
+            st.pending = np.concatenate([st.pending, x]) if len(st.pending) else x
+            if owe:
+                st.owed += len(x)
+        slots = np.asarray([k for k in chunks if len(self._slots[k].pending) >= s], np.intp)
+        outs: dict[int, np.ndarray] = {k: np.zeros(0, np.float32) for k in chunks}
+        if not len(slots):
+            return outs
+        counts = np.asarray([len(self._slots[k].pending) // s for k in slots])
+        hops = np.zeros((len(slots), int(counts.max()), s), np.float32)
+        for j, k in enumerate(slots):
+            st = self._slots[int(k)]
+            c = counts[j]
+            hops[j, :c] = st.pending[:c * s].reshape(c, s)
+            st.pending = st.pending[c * s:]
+        raw = self._rounds(slots, counts, hops)
+        for j, k in enumerate(slots):
+            outs[int(k)] = self._aligned(self._slots[int(k)], raw[j, :counts[j]].reshape(-1))
+        return outs
+
+    def _rounds(self, slots: np.ndarray, counts: np.ndarray, hops: np.ndarray) -> np.ndarray:
+        """Round r: hop r of every stream that has one, as one batch. Returns the raw output hops likewise."""
+        n, s = self._n, self._s
+        raw = np.zeros(hops.shape, np.float32)
+        for r in range(hops.shape[1]):
+            sel = np.flatnonzero(counts > r)
+            rows = slots[sel]
+            for runner in self._runners.values():
+                runner.ready = rows
+            frames = self._inbuf[rows]
+            frames[:, n - s:] = hops[sel, r]
             spec = np.fft.rfft(frames if self._ana is None else frames * self._ana, axis=-1)
             out = self._family.steps(spec)
             if self._syn is not None:
                 out = out * self._syn
-            self.ticks.append(len(ready))
-            for j, k in enumerate(ready):
-                st = self._slots[k]
-                st.inbuf[:-s] = st.inbuf[s:]
-                o = st.outbuf
-                o[:-s] = o[s:]
-                o[-s:] = 0.0
-                o += out[j]
-                outs[k].append(o[:s].astype(np.float32))
-                st.samples_out += s
-        return {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in outs.items()}
+            self._inbuf[rows, :n - s] = frames[:, s:]
+            acc = self._outbuf[rows]
+            acc[:, :-s] = acc[:, s:]
+            acc[:, -s:] = 0.0
+            acc += out
+            self._outbuf[rows] = acc
+            raw[sel, r] = acc[:, :s]
+            self.ticks.append(len(rows))
+        return raw
+
+    @staticmethod
+    def _aligned(st: _Slot, y: np.ndarray) -> np.ndarray:
+        if st.to_drop:
+            cut = min(st.to_drop, len(y))
+            y, st.to_drop = y[cut:], st.to_drop - cut
+        y = y[:st.owed]
+        st.owed -= len(y)
+        return y
 
     def flush(self, slot: int) -> np.ndarray:
-        """Push out the rest of one stream (input length + latency in all) and close it."""
+        """The output of every input sample of one stream not yet returned (total out == total in); closes it."""
         st = self._slot(slot)
-        want = st.samples_in + self.latency_samples - st.samples_out
-        parts, got = [], 0
-        while got < want:
-            y = self.process({slot: np.zeros(self._s - len(st.pending), np.float32)})[slot]
-            parts.append(y)
-            got += len(y)
+        hops = -(-(st.to_drop + st.owed) // self._s)
+        y = self._feed({slot: np.zeros(max(0, hops * self._s - len(st.pending)), np.float32)}, owe=False)[slot]
         self.close(slot)
-        return np.concatenate(parts)[:want] if parts else np.zeros(0, np.float32)
+        return y

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import edge
-from edge import StreamingDenoiser
-from edge.batch import BatchEngine
+from edge.batch import BatchEngine, batch_size
 from edge.errors import BundleError, EdgeError
 
 from .conftest import noise_audio, small_weights
@@ -30,13 +29,21 @@ def streams_bundle(small_bundle, tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("streams")
     save_weights(small_weights(), str(folder / "w.h5"))
     shutil.copytree(small_bundle, folder / "b")
-    add_to_bundle(str(folder / "b"), str(folder / "w.h5"), BATCH, [noise_audio(1.3, seed=3)])
+    add_to_bundle(str(folder / "b"), str(folder / "w.h5"), BATCH, [noise_audio(1.3, seed=3)], fixed=True)
+    return str(folder / "b")
+
+
+@pytest.fixture(scope="module")
+def resizable_bundle(small_bundle, tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("resizable")
+    save_weights(small_weights(), str(folder / "w.h5"))
+    shutil.copytree(small_bundle, folder / "b")
+    add_to_bundle(str(folder / "b"), str(folder / "w.h5"), 64, [noise_audio(1.3, seed=3)])
     return str(folder / "b")
 
 
 def alone(bundle, x: np.ndarray) -> np.ndarray:
-    den = StreamingDenoiser(bundle)
-    return np.concatenate([den.process(x), den.flush()])
+    return edge.denoise(x, bundle)
 
 
 def test_each_stream_matches_running_alone(streams_bundle):
@@ -125,4 +132,52 @@ def test_cli_and_refusals(streams_bundle, small_bundle, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(path2)
     b = edge.load_bundle(path2)
     assert b.manifest["streams"]["batch"] == 2 and not (path2 / f"mask_b{BATCH}.tflite").exists()
+    assert b.manifest["streams"]["resizable"] and (path2 / "mask_bn.tflite").exists()
     assert BatchEngine(b).capacity == 2
+
+
+def test_resizable_graphs_run_every_batch_size_and_match_each_stream_alone(resizable_bundle):
+    """34 streams of different lengths joining at different ticks: calls of 34 down to 1 rows, each at the
+    smallest graph batch that holds them; every stream equals running it alone."""
+    b = edge.load_bundle(resizable_bundle)
+    assert b.manifest["streams"]["resizable"] and b.manifest["streams"]["batch"] == 64
+    eng = BatchEngine(b, capacity=48)
+    n = 34
+    xs = [noise_audio(0.3 + 0.02 * k, seed=100 + k) for k in range(n)]
+    slots = {}
+    got = {k: [] for k in range(n)}
+    pos = [0] * n
+    chunk = 256
+    tick = 0
+    while any(p < len(x) for p, x in zip(pos, xs, strict=True)):
+        feed = {}
+        for k in range(n):
+            if k >= 4 * tick:  # four streams join per tick
+                continue
+            if k not in slots:
+                slots[k] = eng.open()
+            if pos[k] < len(xs[k]):
+                feed[slots[k]] = xs[k][pos[k]:pos[k] + chunk]
+                pos[k] += chunk
+        for slot, y in eng.process(feed).items():
+            got[next(k for k, s in slots.items() if s == slot)].append(y)
+        tick += 1
+    for k in range(n):
+        y = np.concatenate(got[k] + [eng.flush(slots[k])])
+        assert y.shape == xs[k].shape
+        assert float(np.max(np.abs(y - alone(b, xs[k])))) <= TOL, f"stream {k}"
+    assert max(eng.ticks) == n and min(eng.ticks) == 1
+    assert {1, 2, 4, 8, 16, 32, 48} <= set(eng.sizes) <= {1, 2, 4, 8, 16, 32, 48}
+    assert eng.open_streams == 0
+
+
+def test_batch_sizes_and_capacity(resizable_bundle, streams_bundle):
+    sizes = [batch_size(k, 256) for k in range(1, 257)]
+    assert sizes[:17] == [1, 2, 4, 4, 8, 8, 8, 8] + [16] * 8 + [32]
+    assert all(k <= z for k, z in zip(range(1, 257), sizes, strict=True))
+    assert sorted(set(sizes)) == [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 224, 256]
+    assert batch_size(100, 100) == 100
+    with pytest.raises(EdgeError, match="1 to 64 streams"):
+        BatchEngine(edge.load_bundle(resizable_bundle), capacity=65)
+    with pytest.raises(EdgeError, match=f"exactly {BATCH} streams"):
+        BatchEngine(edge.load_bundle(streams_bundle), capacity=2)

@@ -88,9 +88,10 @@ class Family:
     tblock_models: Callable[[Any, Mapping, int], list] | None = None
     """(weights, bundle manifest, T) -> [(keras model, IOSpec)]: the bundle's submodels over T hops per call,
     same names, states and order as its per-block ones (``convert.batched``); None: the family has none."""
-    batch_models: Callable[[Any, Mapping, int], list] | None = None
+    batch_models: Callable[[Any, Mapping, int | None], list] | None = None
     """(weights, bundle manifest, B) -> [(keras model, IOSpec)]: the bundle's per-block submodels with B
-    independent streams per call, states ``[B, ...]`` (``convert.streams``); None: the family has none."""
+    independent streams per call, states ``[B, ...]``, or B None: a dynamic batch axis the runtime resizes
+    (``convert.streams``); None: the family has none."""
 
 
 def manifest_model(cfg, figures: dict, source: str) -> dict:

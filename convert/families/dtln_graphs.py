@@ -105,19 +105,20 @@ def _set_stream_weights(model, weights: DTLNWeights) -> None:
         layer.set_weights(ws)
 
 
-def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOptions(), rows: int = 1,
+def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOptions(), rows: int | None = 1,
                            frames: int = 1):
     """The two submodels with explicit named state: [(keras model, IOSpec)], names ``mask`` and ``frame``.
 
     Per block by default; ``frames`` > 1: T hops per call, the recurrence unrolled inside the graph
     (``SeqLSTM``), states in and out once per call; ``rows`` > 1: that many independent streams per
-    call, states ``[rows, ...]``. Every matmul takes all rows x hops at once.
+    call, states ``[rows, ...]``; ``rows`` None: a dynamic batch axis (resized at load). Every matmul takes
+    all rows x hops at once.
     """
     from ..layers import LSTMStep, SeqLSTM, keras
 
     ops = keras.ops
     cfg = weights.config
-    suffix = f"_t{frames}" if frames > 1 else f"_b{rows}" if rows > 1 else ""
+    suffix = f"_t{frames}" if frames > 1 else "_bn" if rows is None else f"_b{rows}" if rows > 1 else ""
     out = []
     for stage, prefix, n_in, n_mask in ((1, "mask", cfg.bins, cfg.bins),
                                         (2, "frame", cfg.block_len, cfg.encoder_size)):
@@ -127,7 +128,8 @@ def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOpt
             n_in = cfg.encoder_size
         x_in = keras.Input(batch_shape=(rows, frames, n_in), name=data_name)
         state_in, per_layer, pack = _state_io(keras, prefix, cfg, opts, rows)
-        h, enc = _stage_input(stage, ops.reshape(x_in, (rows * frames, n_in)), cfg, opts)
+        flat = -1 if rows is None else rows * frames  # None: the batch is resized at load
+        h, enc = _stage_input(stage, ops.reshape(x_in, (flat, n_in)), cfg, opts)
         hcs = []
         for k in range(cfg.layers):
             if frames > 1:
@@ -140,11 +142,11 @@ def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOpt
             hcs.append((hk, ck))
         mask = keras.layers.Dense(n_mask, activation="sigmoid", name=f"dense{stage}")(h)
         if stage == 1 or outside:
-            y = ops.reshape(mask, (rows, frames, n_mask))
+            y = ops.reshape(mask, (-1 if rows is None else rows, frames, n_mask))
             out_name = "mask" if stage == 1 else "enc_mask"
         else:
             dec = keras.layers.Dense(cfg.block_len, use_bias=False, name="decoder")(enc * mask)
-            y = ops.reshape(dec, (rows, frames, cfg.block_len))
+            y = ops.reshape(dec, (-1 if rows is None else rows, frames, cfg.block_len))
             out_name = "frame_out"
         outputs = {out_name: y, **pack(hcs)}
         model = keras.Model(inputs={data_name: x_in, **state_in}, outputs=outputs, name=f"dtln_{prefix}{suffix}")
@@ -171,8 +173,9 @@ def tblock_models(weights: DTLNWeights, manifest: Mapping, frames: int):
     return build_streaming_models(weights, bundle_options(manifest, weights.config), frames=frames)
 
 
-def batch_models(weights: DTLNWeights, manifest: Mapping, batch: int):
-    """The bundle's two per-block submodels with ``batch`` independent streams (``Family.batch_models``)."""
+def batch_models(weights: DTLNWeights, manifest: Mapping, batch: int | None):
+    """The bundle's two per-block submodels with ``batch`` independent streams, None: a dynamic batch the
+    runtime resizes (``Family.batch_models``)."""
     opts = bundle_options(manifest, weights.config)
     if opts.split_states or opts.bases_outside:
         raise ConvertError("batch graphs are made for packed-state DTLN bundles whose stage 2 bases are in the "
