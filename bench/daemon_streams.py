@@ -1,15 +1,20 @@
 """Daemon capacity: real-time 16 kHz streams one core sustains with no deadline miss, and the latency it adds.
 
-One `edge-denoise serve` process pinned to one core (`--workers 1`); the clients, in this process on
-another core, are asyncio streams that each send one block shift (8 ms) of audio per 8 ms on a unix
-socket and wait for its answer. A chunk misses its deadline when its answer comes back later than the
-chunk's own duration after it was sent (the stream then falls behind real time), or when the server
+One `edge-denoise serve` process pinned to one core (`--workers 1`; `--batch auto`: a bundle with batch-axis
+graphs runs its streams as one batch per tick on one inference thread); the clients, in this process on
+another core, are asyncio streams that each send `--chunk-ms` (default one block shift, 8 ms) of audio per
+that time on a unix socket and wait for its answer. A chunk misses its deadline when its answer comes back
+later than the chunk's own duration after it was sent (the stream then falls behind real time), or when the server
 counts a miss (its processing took longer than the audio). N streams = 1, 2, 4, ... until a trial
 misses, then a bisection; the result is the largest N with no miss. The latency the daemon adds beyond
 the model's own algorithmic delay (block_len - block_shift) is the chunk round trip: sent -> its
-denoised block back, p50/p99 after warm-up.
+denoised block back, p50/p99 after warm-up. `--streams N ...` runs those counts instead of the search.
+Server RSS is read from its status half-way through each trial, every stream open; `--rss A B` reports
+(RSS with B streams - RSS with A) / (B - A) per added stream.
 
     python bench/daemon_streams.py [--model DIR] [--seconds 5] [--max-streams 96]   # -> results/daemon.json
+    python bench/daemon_streams.py --model pretrained_model/dtln-published/dynamic --streams 1 100 150 \
+        --rss 1 100 --result daemon_batched
 """
 
 from __future__ import annotations
@@ -42,9 +47,9 @@ def priority(nice: int, fifo: int) -> None:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(fifo))
 
 
-def start_server(model: str, sock: str, core: int, log: Path, nice: int, fifo: int) -> subprocess.Popen:
+def start_server(model: str, sock: str, core: int, log: Path, nice: int, fifo: int, batch: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "edge.cli", "serve", "--model", model, "--uri", f"unix://{sock}", "--workers", "1",
-           "--max-connections", "512", "--idle-timeout", "0", "-q"]
+           "--max-connections", "512", "--max-per-peer", "512", "--idle-timeout", "0", "--batch", batch, "-q"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
                             preexec_fn=lambda: (os.sched_setaffinity(0, {core}), priority(nice, fifo)))
     deadline = time.monotonic() + 60
@@ -101,20 +106,27 @@ async def one_stream(sock: str, pcm: bytes, chunk: int, rate: int, t0: float, wa
     w.close()
 
 
+async def status_at(sock: str, when: float) -> dict:
+    await asyncio.sleep(max(0.0, when - asyncio.get_running_loop().time()))
+    return await status(sock)
+
+
 async def trial(sock: str, n: int, pcm: bytes, chunk: int, rate: int, warmup: float) -> dict:
     before = await status(sock)
     loop = asyncio.get_running_loop()
-    t0 = loop.time() + 0.5
+    t0 = loop.time() + 0.5 + n / 200  # time to connect them all
     rtts: list[float] = []
     misses = [0, 0]
     dur = chunk / rate
     # Streams start at phases spread over one chunk, as independent clients would.
     tasks = [one_stream(sock, pcm[2 * (s * 997 % rate):] + pcm[:2 * (s * 997 % rate)], chunk, rate,
                         t0 + dur * s / n, warmup, rtts, misses) for s in range(n)]
+    middle = asyncio.ensure_future(status_at(sock, t0 + len(pcm) / 2 / rate / 2))
     wall = time.monotonic()
     await asyncio.gather(*tasks)
     wall = time.monotonic() - wall
     after = await status(sock)
+    mid = await middle
     ms = np.asarray(rtts) * 1e3
     return {"streams": n, "chunks": len(rtts), "client_misses": misses[0] + misses[1], "late_answers": misses[0],
             "sent_late": misses[1],
@@ -122,7 +134,9 @@ async def trial(sock: str, n: int, pcm: bytes, chunk: int, rate: int, warmup: fl
             "round_trip_ms": {"p50": round(float(np.percentile(ms, 50)), 3),
                               "p99": round(float(np.percentile(ms, 99)), 3), "max": round(float(ms.max()), 3)},
             "server_core_busy": round((after["process"]["cpu_s"] - before["process"]["cpu_s"]) / wall, 3),
-            "server_rss_mb": round(after["process"]["rss_bytes"] / 2**20, 1)}
+            "server_rss_mb": round(mid["process"]["rss_bytes"] / 2**20, 2), "streams_open_mid": mid["totals"]["open"],
+            "batch": {k: after["batch"].get(k) for k in ("model_batched", "rows_max", "rows_mean", "rows_per_tick",
+                                                         "tick_ms", "graph_batches")}}
 
 
 def ok(t: dict) -> bool:
@@ -144,7 +158,14 @@ def main() -> int:
                         "the machine, as a deployed audio daemon would run (default 0)")
     p.add_argument("--fifo", type=int, default=0,
                    help="SCHED_FIFO priority for the server and the clients, e.g. 10 (as root; 0 = normal scheduling)")
-    p.add_argument("--out", default=None, help="write the JSON there instead of bench/results/daemon.json")
+    p.add_argument("--chunk-ms", type=float, default=None,
+                   help="audio per client message, a whole number of block shifts (default: one block shift)")
+    p.add_argument("--streams", type=int, nargs="+", default=None, help="run these stream counts, no search")
+    p.add_argument("--rss", type=int, nargs=2, default=None, metavar=("A", "B"),
+                   help="report server RSS per added stream between the trials of A and B streams")
+    p.add_argument("--batch", choices=("auto", "off"), default="auto", help="serve --batch (default: auto)")
+    p.add_argument("--result", default="daemon", help="results name: bench/results/NAME.json (default: daemon)")
+    p.add_argument("--out", default=None, help="write the JSON there instead of bench/results/NAME.json")
     args = p.parse_args()
     model = args.model or published_bundles(("dynamic",))["dynamic"]
     sys.path.insert(0, str(REPO))
@@ -153,6 +174,8 @@ def main() -> int:
 
     bundle = edge.load_bundle(model)
     rate, chunk = bundle.sample_rate, bundle.block_shift
+    if args.chunk_ms:
+        chunk = bundle.block_shift * max(1, round(args.chunk_ms * rate / 1000 / bundle.block_shift))
     import soundfile as sf
 
     x, sr = sf.read(EXAMPLE, dtype="float32")
@@ -176,7 +199,7 @@ def main() -> int:
     priority(args.nice, args.fifo)
     tmp = Path(tempfile.mkdtemp(prefix="edge-daemon-bench-"))
     sock = str(tmp / "b.sock")
-    proc = start_server(model, sock, server_core, tmp / "serve.log", args.nice, args.fifo)
+    proc = start_server(model, sock, server_core, tmp / "serve.log", args.nice, args.fifo, args.batch)
     trials: dict[int, dict] = {}
     try:
         def run(n: int) -> dict:
@@ -195,13 +218,20 @@ def main() -> int:
             return trials[n]
 
         good, bad, n = 0, None, 1
-        while n <= args.max_streams:
+        counts = sorted(set(args.streams or []) | set(args.rss or []))
+        if counts:
+            for n in counts:
+                if ok(run(n)):
+                    good = max(good, n)
+                elif bad is None:
+                    bad = n
+        while not counts and n <= args.max_streams:
             if ok(run(n)):
                 good, n = n, n * 2
             else:
                 bad = n
                 break
-        if bad is not None:
+        if bad is not None and not counts:
             while bad - good > 1 and (bad - good) > max(1, good // 16):
                 mid = (good + bad) // 2
                 if ok(run(mid)):
@@ -213,39 +243,50 @@ def main() -> int:
         rc = proc.wait(30)
     if rc != 0:
         raise SystemExit(f"serve exited with {rc} on SIGTERM: {(tmp / 'serve.log').read_text()[-1000:]}")
-    one = trials[1]["round_trip_ms"]
+    first = min(trials)
+    one = trials[first]["round_trip_ms"]
     best = trials.get(good, {}).get("round_trip_ms") if good else None
     lat_ms = 1e3 * bundle.latency_samples / rate
     rows = [{"what": "concurrent real-time streams on one core with no deadline miss", "unit": "streams",
              "median": good, "min": good, "max": good, "n": 1},
-            {"what": "added latency (chunk round trip), 1 stream, p50", "unit": "ms",
-             "median": one["p50"], "min": one["p50"], "max": one["p50"], "n": trials[1]["chunks"]},
-            {"what": "added latency (chunk round trip), 1 stream, p99", "unit": "ms",
-             "median": one["p99"], "min": one["p99"], "max": one["p99"], "n": trials[1]["chunks"]}]
-    if best and good > 1:
+            {"what": f"added latency (chunk round trip), {first} stream(s), p50", "unit": "ms",
+             "median": one["p50"], "min": one["p50"], "max": one["p50"], "n": trials[first]["chunks"]},
+            {"what": f"added latency (chunk round trip), {first} stream(s), p99", "unit": "ms",
+             "median": one["p99"], "min": one["p99"], "max": one["p99"], "n": trials[first]["chunks"]}]
+    if best and good > first:
         rows += [{"what": f"added latency (chunk round trip), {good} streams, p50", "unit": "ms",
                   "median": best["p50"], "min": best["p50"], "max": best["p50"], "n": trials[good]["chunks"]},
                  {"what": f"added latency (chunk round trip), {good} streams, p99", "unit": "ms",
                   "median": best["p99"], "min": best["p99"], "max": best["p99"], "n": trials[good]["chunks"]}]
+    per_stream_rss = None
+    if args.rss:
+        a, b = (trials[k]["server_rss_mb"] for k in args.rss)
+        per_stream_rss = round((b - a) / (args.rss[1] - args.rss[0]), 4)
+        rows.append({"what": f"server RSS per added stream ({args.rss[0]} -> {args.rss[1]} streams open)",
+                     "unit": "MB", "median": per_stream_rss, "min": per_stream_rss, "max": per_stream_rss, "n": 1})
     rows.append({"what": "model compute per 8 ms chunk in-process (no daemon), p50", "unit": "ms",
                  "median": round(float(np.percentile(compute_ms, 50)), 3), "min": round(float(compute_ms.min()), 3),
                  "max": round(float(compute_ms.max()), 3), "n": len(compute_ms)})
     payload = {
-        "title": "Daemon: concurrent real-time streams per core and added latency",
+        "title": "Daemon: concurrent real-time streams per core and added latency"
+                 + (" (batched streams)" if trials[first]["batch"]["model_batched"] else ""),
         "settings": {"attempts": args.attempts, "model": bundle.name, "model_sha256": bundle.sha256,
+                     "batch": args.batch, "batched": trials[first]["batch"]["model_batched"],
                      "quantization": bundle.quantization,
                      "chunk_samples": chunk, "chunk_ms": 1e3 * chunk / rate, "seconds_per_stream": args.seconds,
                      "warmup_s": args.warmup, "nice": args.nice, "sched_fifo_priority": args.fifo,
                      "server_core": server_core, "client_cores": sorted(client_cores),
-                     "server": "edge-denoise serve --workers 1, pinned to one core, unix socket, JSON mode",
+                     "server": f"edge-denoise serve --workers 1 --batch {args.batch}, pinned to one core, unix socket, "
+                            "JSON mode",
                      "model_latency_ms": lat_ms},
-        "streams_per_core": good, "first_failing": bad,
-        "added_latency_ms": {"1_stream": one, f"{good}_streams": best},
+        "streams_per_core": good, "first_failing": bad, "rss_mb_per_stream": per_stream_rss,
+        "added_latency_ms": {f"{first}_stream": one, f"{good}_streams": best},
         "trials": [trials[k] for k in sorted(trials)], "rows": rows, "goals": [],
         "notes": [f"Latency the daemon adds on top of the model's own {lat_ms:.0f} ms algorithmic delay: the round "
-                  "trip of one 8 ms chunk (client write -> server read, denoise in a worker thread, write -> "
-                  "client read), measured by the clients.",
-                  "A trial passes with zero misses: no answer later than its chunk's 8 ms, no chunk sent behind "
+                  f"trip of one {1e3 * chunk / rate:g} ms chunk (client write -> server read, denoise in an inference "
+                  "thread, write -> client read), measured by the clients.",
+                  f"A trial passes with zero misses: no answer later than its chunk's {1e3 * chunk / rate:g} ms, no "
+                  "chunk sent behind "
                   "the real-time schedule, no server-counted miss, after the first second of each stream. A stream "
                   f"count passes when one of {args.attempts} attempts does: on a shared VM, isolated stalls of "
                   "10-20 ms hit any load level (seen at 1 stream), while a count beyond capacity misses every time.",
@@ -260,9 +301,9 @@ def main() -> int:
             timespec="seconds"), "command": command_line(), "device": device(), **payload}
         Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     else:
-        write_result("daemon", payload)
+        write_result(args.result, payload)
     print(f"{good} streams on one core with no deadline miss; added latency p50 {one['p50']:.2f} ms, "
-          f"p99 {one['p99']:.2f} ms (1 stream)", file=sys.stderr)
+          f"p99 {one['p99']:.2f} ms ({first} stream(s))", file=sys.stderr)
     return 0
 
 

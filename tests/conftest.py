@@ -65,11 +65,21 @@ def build_fixture(name: str, path: Path) -> None:
                      opts=StreamOptions(frame_rms_norm=True, bases_outside=True), **verify)
     elif name == "identity":
         convert(identity_weights(), "none", str(path), **verify)
+    elif name == "small-batched":  # small-none plus resizable batch-axis graphs for up to 64 streams
+        import tempfile
+
+        from convert.families.dtln import save_weights
+        from convert.streams import add_to_bundle
+
+        convert(small_weights(), "none", str(path), **verify)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_weights(small_weights(), f"{tmp}/w.h5")
+            add_to_bundle(str(path), f"{tmp}/w.h5", 64, verify["verify_audio"])
     else:
         raise KeyError(name)
 
 
-COMMITTED = {"small-none": FIXTURES / "small-none",
+COMMITTED = {"small-none": FIXTURES / "small-none", "small-batched": FIXTURES / "small-batched",
              "bases": REPO / "pretrained_model" / "dtln-16k-int8" / "int8",
              "identity": FIXTURES / "identity"}
 """What stands in for each fixture without TensorFlow: the committed copy (tests/fixtures/), or for the bases
@@ -91,6 +101,12 @@ def fixture_bundle(tmp_path_factory, name: str) -> Path:
 def small_bundle(tmp_path_factory) -> str:
     """A randomly initialised small DTLN, float32, verified (no ../shared needed)."""
     return str(fixture_bundle(tmp_path_factory, "small-none"))
+
+
+@pytest.fixture(scope="session")
+def batched_bundle(tmp_path_factory) -> str:
+    """small_bundle plus resizable batch-axis graphs (``streams``, up to 64 streams per engine)."""
+    return str(fixture_bundle(tmp_path_factory, "small-batched"))
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,15 @@ def offline(data: bytes, bundle: str) -> bytes:
     return float_to_pcm16(denoise_array(x[:, None], RATE, edge.load_bundle(bundle), edge.Options())[:, 0])
 
 
+def same_as_offline(got: bytes, data: bytes, bundle: str, lsb: int = 0) -> bool:
+    """Whether ``got`` is the offline output of ``data`` to within ``lsb`` int16 steps (0: to the byte; 1: a
+    float32 stream within 1e-5 of it, such as one run in a batch)."""
+    want = offline(data, bundle)
+    if lsb == 0 or len(got) != len(want):
+        return got == want
+    return int(np.max(np.abs(np.frombuffer(got, "<i2").astype(int) - np.frombuffer(want, "<i2")), initial=0)) <= lsb
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

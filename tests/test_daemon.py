@@ -35,8 +35,12 @@ def serve(tmp_path):
 
 
 # -- serve: correctness ---------------------------------------------------------------------------------
-def test_16_concurrent_clients_each_get_the_offline_output(serve, small_bundle):
-    srv = serve(small_bundle)
+@pytest.mark.parametrize("batched", [False, True], ids=["per-stream", "batched"])
+def test_16_concurrent_clients_each_get_the_offline_output(serve, small_bundle, batched_bundle, batched):
+    """Per-stream: each client's output is the offline output to the byte. Batched (the streams of a tick through
+    one resizable batch graph): within the float32 tolerance (max abs <= 1e-5, so at most 1 LSB of int16)."""
+    bundle = batched_bundle if batched else small_bundle
+    srv = serve(bundle)
     inputs = [pcm(0.5 + 0.1 * k, seed=k) for k in range(16)]
     chunks = [2 * c for c in (1, 127, 128, 160, 1000, 4000, 333, 512)] * 2
     results: dict[int, object] = {}
@@ -57,11 +61,25 @@ def test_16_concurrent_clients_each_get_the_offline_output(serve, small_bundle):
         got = results.get(k)
         assert isinstance(got, bytes), f"client {k}: {got!r}"
         assert len(got) == len(inputs[k])
-        assert got == offline(inputs[k], small_bundle), f"client {k} (chunk {chunks[k]} bytes) differs"
+        want = offline(inputs[k], bundle)
+        if batched:
+            diff = np.abs(np.frombuffer(got, "<i2").astype(int) - np.frombuffer(want, "<i2"))
+            assert diff.max() <= 1, f"client {k} (chunk {chunks[k]} bytes) differs by {diff.max()} LSB"
+        else:
+            assert got == want, f"client {k} (chunk {chunks[k]} bytes) differs"
     st = srv.status()
     assert st["totals"]["streams_finished"] == 16
     assert st["totals"]["connections"] == 16
     assert abs(st["totals"]["seconds_processed"] - sum(len(x) for x in inputs) / 2 / RATE) < 1e-3
+    b = st["batch"]
+    assert b["mode"] == "auto" and b["model_batched"] is batched
+    if batched:
+        assert b["streams_opened"] == 16 and b["streams_open"] == 0 and b["engines"] == 1
+        assert b["ticks"] > 0 and b["rows_max"] >= 2, b  # 16 clients at once share ticks
+        assert b["tick_ms"]["max"] > 0 and 1 in b["graph_batches"]
+        assert st["totals"]["denoisers_created"] == 0  # no per-stream interpreter was made
+    else:
+        assert b["streams_opened"] == 0 and st["totals"]["denoisers_created"] >= 1
 
 
 def test_describe_and_started_name_the_model(serve, small_bundle):

@@ -11,7 +11,7 @@ import sys
 
 from .listen import group_id
 from .protocol import DaemonError
-from .server import Limits, Server
+from .server import BATCH_MODES, Limits, Server, batchable
 from .status import request_status, status_of
 from .uri import Endpoint, controls_for, default_uri, parse_uri
 
@@ -114,7 +114,12 @@ def register(sub) -> None:
     _add_token_options(p, "clients must send; required for a non-loopback tcp:// bind")
     _limit_options(p)
     p.add_argument("--workers", type=_positive(int, "--workers"), default=None,
-                   help="inference threads (default: the CPU cores this process may use)")
+                   help="per-stream inference threads (default: the CPU cores this process may use)")
+    p.add_argument("--batch", choices=BATCH_MODES, default="auto",
+                   help="run the streams of a bundle with batch-axis graphs (python -m convert.streams) as one "
+                        "batch per tick on one inference thread: auto = when the bundle has them, on = the bundle "
+                        "must have them, off = one interpreter per stream on the --workers threads "
+                        "(default: auto)")
     p.add_argument("--socket-mode", type=_octal, default=0o660,
                    help="permissions of unix sockets, octal (default: 660)")
     p.add_argument("--socket-group", default=None, metavar="GROUP",
@@ -163,6 +168,9 @@ def run(args) -> int:
         raise DaemonError("--workers: expected at least 1 inference thread, got 0")
     gid = group_id(args.socket_group) if args.socket_group else None
     bundle, options = model_and_options(args)
+    if args.batch == "on" and not batchable(bundle):
+        raise DaemonError(f"--batch on: {bundle.path} has no batch-axis graphs (add them with "
+                          "python -m convert.streams BUNDLE --weights WEIGHTS)")
     if not check_at_start(args, bundle, options):
         return 1
     workers = args.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -172,7 +180,7 @@ def run(args) -> int:
                     idle_timeout=args.idle_timeout, header_timeout=args.header_timeout, min_rate=args.min_rate,
                     drain_timeout=args.drain_timeout)
     server = Server(bundle, options, eps, controls, limits, token=token, workers=workers,
-                    socket_mode=args.socket_mode, socket_gid=gid)
+                    socket_mode=args.socket_mode, socket_gid=gid, batch=args.batch)
     return server.run()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -11,6 +12,7 @@ from ..audio import float_to_pcm16, pcm16_to_float
 from ..bundle import Bundle
 from ..options import Options
 from ..stream import AlignedStream
+from .scheduler import PIECE_BLOCKS, Scheduler
 
 
 class PcmStream:
@@ -102,3 +104,30 @@ class StreamPool:
         with self._lock:
             if stream.bundle is self._bundle and len(self._idle) < self.keep:
                 self._idle.append(stream)
+
+
+class StreamWorkers:
+    """The per-stream way to serve: each connection its own ``PcmStream`` (pooled), run in pieces by the
+    scheduler's worker threads. Same calls as ``batching.BatchWorker``."""
+
+    def __init__(self, workers: int, keep: int, options: Options):
+        self.scheduler = Scheduler(workers)
+        self.pool = StreamPool(keep)
+        self.options = options
+
+    def acquire(self, bundle: Bundle) -> asyncio.Future:
+        return self.scheduler.call(self.pool.acquire, bundle, self.options)
+
+    def feed(self, stream: PcmStream, data: bytes) -> asyncio.Future:
+        return self.scheduler.feed(stream.feed, data, 2 * PIECE_BLOCKS * stream.block_shift)
+
+    def finish(self, stream: PcmStream) -> asyncio.Future:
+        return self.scheduler.call(stream.finish)
+
+    def release(self, stream: PcmStream, job: asyncio.Future | None) -> None:
+        """Back to the pool, unless a cancelled job of it may still be running (then it is left to the GC)."""
+        if job is None or (job.done() and not job.cancelled()):
+            self.pool.release(stream)
+
+    def close(self) -> None:
+        self.scheduler.close()

@@ -31,7 +31,7 @@ class _Job:
         self.loop = loop
 
 
-def _settle(fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+def settle(fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:
     if fut.done():  # the connection was cancelled meanwhile (shutdown, abort)
         return
     if exc is not None:
@@ -84,7 +84,7 @@ class Scheduler:
             try:
                 job.outs.append(job.pieces[job.next]())
             except Exception as exc:
-                job.loop.call_soon_threadsafe(_settle, job.future, None, exc)
+                job.loop.call_soon_threadsafe(settle, job.future, None, exc)
                 continue
             job.next += 1
             if job.next < len(job.pieces):
@@ -93,7 +93,7 @@ class Scheduler:
                     self._cv.notify()
                 continue
             result = b"".join(job.outs) if job.join else job.outs[0]
-            job.loop.call_soon_threadsafe(_settle, job.future, result, None)
+            job.loop.call_soon_threadsafe(settle, job.future, result, None)
 
     def close(self, timeout: float = 5.0) -> None:
         """Finish the queued jobs, then stop the threads (waiting at most ``timeout`` seconds for each)."""

@@ -1,4 +1,4 @@
-"""The daemon process: listeners, connection limits, signals, the worker scheduler and model reloads."""
+"""The daemon process: listeners, connection limits, signals, the inference threads and model reloads."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from collections import deque
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..batch import SECTION as BATCH_SECTION
 from ..bundle import Bundle, load_bundle
 from ..errors import EdgeError
 from ..options import Options
+from .batching import BatchedStream, BatchWorker
 from .listen import Listener, bind
-from .pcm import PcmStream, StreamPool
+from .pcm import PcmStream, StreamWorkers
 from .protocol import HEADER_LIMIT, PROTOCOL, Closed, encode
-from .scheduler import Scheduler
 from .session import Session
 from .status import build_status, serve_control
 from .stdio import stdio_streams
@@ -74,12 +75,23 @@ def _peer(writer: asyncio.StreamWriter, ep: Endpoint) -> tuple[str, str]:
     return ep.scheme, ep.scheme
 
 
+BATCH_MODES = ("auto", "on", "off")
+"""``--batch``: auto = batched for bundles with batch-axis graphs (``streams``), per-stream otherwise; on =
+the same, but the bundle given at start must have them; off = per-stream workers only."""
+
+
+def batchable(bundle: Bundle) -> bool:
+    """Whether the bundle has batch-axis graphs (its manifest's ``streams`` section)."""
+    return BATCH_SECTION in bundle.manifest
+
+
 class Server:
-    """The daemon: listeners, a shared bundle, a scheduler of worker threads, per-connection sessions."""
+    """The daemon: listeners, a shared bundle, inference threads (per-stream workers and, for bundles with
+    batch-axis graphs, one batch worker), per-connection sessions."""
 
     def __init__(self, bundle: Bundle, options: Options, endpoints: list[Endpoint], controls: list[Endpoint],
                  limits: Limits, token: str | None = None, workers: int = 1, socket_mode: int = 0o660,
-                 socket_gid: int | None = None):
+                 socket_gid: int | None = None, batch: str = "auto"):
         self.model_path = bundle.path  # SIGHUP reloads this folder (replace its contents, then kill -HUP)
         self.options = options
         self.endpoints = endpoints
@@ -91,8 +103,11 @@ class Server:
         self.bundle = bundle
         self.loaded_at = time.time()
         self.workers = workers
-        self.scheduler: Scheduler | None = None
-        self.stream_pool = StreamPool(keep=limits.max_connections)
+        if batch not in BATCH_MODES:
+            raise ValueError(f"batch: expected one of {BATCH_MODES}, got {batch!r}")
+        self.batch = batch
+        self.stream_workers: StreamWorkers | None = None
+        self.batcher: BatchWorker | None = None
         self.sessions: dict[int, Session] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.totals: dict[str, Any] = {"connections": 0, "refused": 0, "streams_finished": 0,
@@ -119,13 +134,16 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._begin_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
-        self.scheduler = Scheduler(self.workers)
+        self.stream_workers = StreamWorkers(self.workers, self.limits.max_connections, self.options)
+        if self.batch != "off":
+            self.batcher = BatchWorker(self.options)
         try:
             self._listen_all()
             b = self.bundle
-            log.info("serving on %s (control %s); model %s sha256 %s, %d workers, pid %d",
+            log.info("serving on %s (control %s); model %s sha256 %s, %s, pid %d",
                      ", ".join(str(e) for e in self.endpoints), ", ".join(map(str, self.controls)) or "none",
-                     b.name, b.sha256[:12], self.workers, os.getpid())
+                     b.name, b.sha256[:12], "streams batched on one inference thread" if self.batched(b)
+                     else f"{self.workers} per-stream workers", os.getpid())
             sweeper = asyncio.create_task(self._sweep())
             stdio = [ep for ep in self.endpoints if ep.scheme == "stdio"]
             if stdio:
@@ -137,7 +155,9 @@ class Server:
             await asyncio.gather(*(s.task for s in self.sessions.values() if s.task), return_exceptions=True)
         finally:
             self._close_listeners()
-            self.scheduler.close()
+            self.stream_workers.close()
+            if self.batcher is not None:
+                self.batcher.close()
         log.info("stopped: %d connections served, %.1f s of audio", self.totals["connections"],
                  self.totals["seconds_processed"])
         return 0
@@ -298,7 +318,14 @@ class Server:
                      s.id, s.end_reason, fig["seconds_processed"], fig["real_time_factor"], fig["deadline_misses"])
             self._check_done()
 
-    def count_stream(self, stream: PcmStream | None) -> None:
+    def batched(self, bundle: Bundle) -> bool:
+        return self.batch != "off" and batchable(bundle)
+
+    def backend_for(self, bundle: Bundle) -> StreamWorkers | BatchWorker:
+        """What runs a new stream of ``bundle``: the batch worker where the bundle can be batched."""
+        return self.batcher if self.batcher is not None and batchable(bundle) else self.stream_workers
+
+    def count_stream(self, stream: PcmStream | BatchedStream | None) -> None:
         """Add a finished stream's figures to the totals."""
         if stream is None:
             return

@@ -8,9 +8,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..bundle import Bundle
-from .pcm import PcmStream
+from .batching import BatchedStream, BatchWorker
+from .pcm import PcmStream, StreamWorkers
 from .protocol import HEADER_LIMIT, RAW_READ, Closed, check_token, encode, parse_header
-from .scheduler import PIECE_BLOCKS
 from .uri import Endpoint
 
 if TYPE_CHECKING:
@@ -36,7 +36,9 @@ class Session:
         self.reader = reader
         self.writer = writer
         self.task: asyncio.Task | None = None
-        self.stream: PcmStream | None = None
+        self.stream: PcmStream | BatchedStream | None = None
+        self.backend: StreamWorkers | BatchWorker | None = None
+        """What runs the stream: per-stream workers, or the batch worker (``Server.backend_for``)."""
         self.opened = time.monotonic()
         self.phase = "header"
         self.deadline: float | None = None
@@ -136,19 +138,19 @@ class Session:
         return await self.wait("compute", fut)
 
     async def chunk(self, data: bytes) -> bytes:
-        """Denoise one received chunk in scheduler pieces; count a deadline miss if it took longer than its audio."""
+        """Denoise one received chunk (in pieces, fairly with the other streams); count a deadline miss if it
+        took longer than its audio."""
         s = self.stream
         t0 = time.monotonic()
-        piece = 2 * PIECE_BLOCKS * s.block_shift
-        out = await self.compute(self.server.scheduler.feed(s.feed, data, piece))
+        out = await self.compute(self.backend.feed(s, data))
         s.chunks += 1
         if time.monotonic() - t0 > len(data) / (2 * s.rate):
             s.deadline_misses += 1
         return out
 
     async def new_stream(self, bundle: Bundle) -> None:
-        pool = self.server.stream_pool
-        self.stream = await self.compute(self.server.scheduler.call(pool.acquire, bundle, self.server.options))
+        self.backend = self.server.backend_for(bundle)
+        self.stream = await self.compute(self.backend.acquire(bundle))
 
     def end_stream(self) -> None:
         """Count the running stream into the totals and give it back to the pool (if no work of it is pending)."""
@@ -161,9 +163,7 @@ class Session:
         self.misses_done += s.deadline_misses
         self.streams += 1
         self.server.count_stream(s)
-        job = self._job
-        if job is None or (job.done() and not job.cancelled()):  # a cancelled job may still be running
-            self.server.stream_pool.release(s)
+        self.backend.release(s, self._job)
 
     # -- the JSON protocol ----------------------------------------------------------------------------------------
     async def run_json(self) -> None:
@@ -239,7 +239,7 @@ class Session:
         await self._stop_stream(None)
 
     async def _stop_stream(self, reason: str | None) -> None:
-        tail = await self.compute(self.server.scheduler.call(self.stream.finish))
+        tail = await self.compute(self.backend.finish(self.stream))
         done = {"type": "done", "samples": self.stream.samples_in, **({"reason": reason} if reason else {})}
         self.end_stream()
         await self.send(encode({"type": "audio", "bytes": len(tail)}), tail, encode(done))
@@ -266,7 +266,7 @@ class Session:
             self.bytes_in += len(data)
             self.server.totals["bytes_in"] += len(data)
             await self.send(await self.chunk(data))
-        tail = await self.compute(self.server.scheduler.call(self.stream.finish))
+        tail = await self.compute(self.backend.finish(self.stream))
         self.end_stream()
         await self.send(tail)
         self.end_reason = "shutdown" if self.server.stopping else "eof"

@@ -61,12 +61,15 @@ def build_status(server: Server, limits: dict[str, Any]) -> dict[str, Any]:
     t["open"] = len(streams)
     t["ends"] = dict(server.ends)
     t["accept_failures"] = sum(li.accept_failures for li in server.listeners)
-    t["denoisers_created"] = server.stream_pool.created
-    t["denoisers_reused"] = server.stream_pool.reused
+    pool = server.stream_workers.pool if server.stream_workers is not None else None
+    t["denoisers_created"] = pool.created if pool else 0
+    t["denoisers_reused"] = pool.reused if pool else 0
     return {"type": "status", "version": __version__, "pid": os.getpid(),
             "uptime_s": round(time.time() - server.started, 3), "stopping": server.stopping,
             "uris": [str(e) for e in server.endpoints], "controls": [str(e) for e in server.controls],
             "workers": server.workers, "limits": limits,
+            "batch": {"mode": server.batch, "model_batched": server.batched(b),
+                      **(server.batcher.figures() if server.batcher is not None else {})},
             "model": {"name": b.name, "sha256": b.sha256, "path": server.model_path, "family": b.family,
                       "sample_rate": b.sample_rate, "latency_samples": b.latency_samples,
                       "loaded_at": server.loaded_at},

@@ -1,0 +1,254 @@
+"""Many streams per invoke in the daemon: one inference thread owns the batch engines.
+
+Each tick the thread gathers every connection with received audio waiting, gives each at most
+``PIECE_BLOCKS`` hops of it, and runs them through the engine of their bundle as one batch per round
+(``edge.batch.BatchEngine``: round r is hop r of every stream that has one); it scatters the outputs
+back and answers each chunk whose audio is all done. No stream waits for others to have audio: a tick
+runs what is there, and audio that arrives during a tick goes into the next one, so a chunk waits at
+most one tick. Opening, flushing and closing a stream are done by the same thread, between ticks.
+
+Used by ``serve`` for bundles whose manifest has a ``streams`` section (``python -m convert.streams``),
+unless ``--batch off``; other bundles go through the per-stream workers (``scheduler``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+import numpy as np
+
+from ..audio import float_to_pcm16, pcm16_to_float
+from ..batch import BatchEngine
+from ..bundle import Bundle
+from ..options import Options
+from .scheduler import PIECE_BLOCKS, settle
+
+RECENT_TICKS = 2048
+"""Ticks kept for the status figures (rows and compute per tick)."""
+
+
+class BatchedStream:
+    """One connection's stream: its engine slot and the figures a ``PcmStream`` has. Only the inference
+    thread touches the engine; the event loop reads the counters."""
+
+    def __init__(self, engine: BatchEngine, slot: int):
+        self.engine = engine
+        self.slot: int | None = slot
+        self.bundle: Bundle = engine.bundle
+        self.rate = self.bundle.sample_rate
+        self.block_shift = self.bundle.block_shift
+        self.samples_in = 0
+        self.compute_s = 0.0
+        self.chunks = 0
+        self.deadline_misses = 0
+        self.odd = b""
+
+    @property
+    def seconds(self) -> float:
+        return self.samples_in / self.rate
+
+
+class _Feed:
+    """One received chunk being denoised: its samples, how far the ticks got, its output so far."""
+
+    __slots__ = ("stream", "x", "pos", "outs", "future", "loop")
+
+    def __init__(self, stream: BatchedStream, x: np.ndarray, future: asyncio.Future,
+                 loop: asyncio.AbstractEventLoop):
+        self.stream, self.x, self.pos, self.outs = stream, x, 0, []
+        self.future, self.loop = future, loop
+
+
+class BatchWorker:
+    """The inference thread, its engines (per bundle, as many as the open streams need) and its figures."""
+
+    def __init__(self, options: Options, name: str = "batch"):
+        self.options = options
+        self._engines: dict[int, list[BatchEngine]] = {}
+        """id(bundle) -> its engines (a reload brings a new bundle; old streams finish on the old one)."""
+        self._newest: int | None = None
+        """id of the bundle the last stream was opened for: its first engine stays, warm, when idle."""
+        self._feeds: dict[BatchedStream, _Feed] = {}
+        self._ops: deque[tuple[Callable[[], Any], asyncio.Future, asyncio.AbstractEventLoop]] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self.ticks = 0
+        self.rows_total = self.rows_max = 0
+        self.rows: deque[int] = deque(maxlen=RECENT_TICKS)
+        self.tick_s: deque[float] = deque(maxlen=RECENT_TICKS)
+        self.streams_opened = 0
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    # -- the event loop's side -------------------------------------------------------------------------------
+    def _call(self, fn: Callable[[], Any]) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the batch worker is closed")
+            self._ops.append((fn, fut, loop))
+            self._cv.notify()
+        return fut
+
+    def acquire(self, bundle: Bundle) -> asyncio.Future:
+        """A future of a new stream of ``bundle`` (zero states)."""
+        return self._call(lambda: self._open(bundle))
+
+    def feed(self, stream: BatchedStream, data: bytes) -> asyncio.Future:
+        """A future of the s16le output for ``data`` (s16le; an odd trailing byte waits for the next chunk)."""
+        if stream.odd:
+            data, stream.odd = stream.odd + data, b""
+        if len(data) % 2:
+            data, stream.odd = data[:-1], data[-1:]
+        x = pcm16_to_float(data)
+        stream.samples_in += len(x)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the batch worker is closed")
+            self._feeds[stream] = _Feed(stream, x, fut, loop)
+            self._cv.notify()
+        return fut
+
+    def finish(self, stream: BatchedStream) -> asyncio.Future:
+        """A future of the rest of the stream's output (total out == total in); the slot is then free."""
+        return self._call(lambda: self._flush(stream))
+
+    def release(self, stream: BatchedStream, job: asyncio.Future | None) -> None:
+        """Give the stream's slot back (its queued audio, if any, is dropped). Safe at any time."""
+        with self._cv:
+            self._feeds.pop(stream, None)
+            self._ops.append((lambda: self._close(stream), None, None))
+            self._cv.notify()
+
+    def figures(self) -> dict[str, Any]:
+        rows, tick_s = list(self.rows), list(self.tick_s)
+        engines = [e for es in list(self._engines.values()) for e in es]
+        return {"engines": len(engines), "capacity": sum(e.capacity for e in engines),
+                "streams_open": sum(e.open_streams for e in engines), "streams_opened": self.streams_opened,
+                "ticks": self.ticks, "graph_batches": sorted({z for e in engines for z in e.sizes}),
+                "rows_max": self.rows_max, "rows_mean": round(self.rows_total / self.ticks, 2) if self.ticks else None,
+                "recent_ticks": len(rows),
+                "rows_per_tick": _spread(rows, 1), "tick_ms": _spread([1e3 * t for t in tick_s], 3)}
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+
+    # -- the inference thread -----------------------------------------------------------------------------------
+    def _open(self, bundle: Bundle) -> BatchedStream:
+        self._newest = id(bundle)
+        engines = self._engines.setdefault(id(bundle), [])
+        eng = next((e for e in engines if e.open_streams < e.capacity), None)
+        if eng is None:
+            eng = BatchEngine(bundle, self.options)
+            engines.append(eng)
+        self.streams_opened += 1
+        return BatchedStream(eng, eng.open())
+
+    def _flush(self, stream: BatchedStream) -> bytes:
+        if stream.slot is None:
+            return b""
+        t0 = time.perf_counter()
+        y = stream.engine.flush(stream.slot)
+        stream.slot = None
+        stream.compute_s += time.perf_counter() - t0
+        return float_to_pcm16(y)
+
+    def _close(self, stream: BatchedStream) -> None:
+        if stream.slot is not None:
+            stream.engine.close(stream.slot)
+            stream.slot = None
+        key = id(stream.bundle)
+        engines = self._engines.get(key)
+        if engines is None:
+            return
+        # Idle engines go, but the newest bundle's first one; a replaced bundle's go with its last stream.
+        engines[:] = [e for i, e in enumerate(engines) if e.open_streams or (i == 0 and key == self._newest)]
+        if not engines:
+            del self._engines[key]
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._ops and not self._feeds and not self._closed:
+                    self._cv.wait()
+                if self._closed and not self._ops and not self._feeds:
+                    return
+                ops = list(self._ops)
+                self._ops.clear()
+                feeds = [f for f in self._feeds.values() if not f.future.cancelled()]
+            for fn, fut, loop in ops:
+                try:
+                    result, exc = fn(), None
+                except Exception as e:
+                    result, exc = None, e
+                if fut is not None:
+                    loop.call_soon_threadsafe(self._settle, fut, result, exc)
+            if feeds:
+                self._tick(feeds)
+
+    def _settle(self, fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+        """On the event loop: answer an op; a stream opened for a connection that went meanwhile is closed."""
+        if fut.cancelled() and isinstance(result, BatchedStream):
+            self.release(result, None)
+        settle(fut, result, exc)
+
+    def _tick(self, feeds: list[_Feed]) -> None:
+        """At most PIECE_BLOCKS hops of every waiting chunk, one engine call per engine."""
+        t0 = time.perf_counter()
+        by_engine: dict[int, list[_Feed]] = {}
+        for f in feeds:
+            if f.stream.slot is not None:
+                by_engine.setdefault(id(f.stream.engine), []).append(f)
+        rows = 0
+        for group in by_engine.values():
+            eng = group[0].stream.engine
+            t1 = time.perf_counter()
+            try:
+                outs = eng.process({f.stream.slot: f.x[f.pos:f.pos + PIECE_BLOCKS * f.stream.block_shift]
+                                    for f in group})
+            except Exception as exc:
+                for f in group:
+                    self._done(f, None, exc)
+                continue
+            share = (time.perf_counter() - t1) / len(group)
+            rows += len(group)
+            for f in group:
+                f.outs.append(outs[f.stream.slot])
+                f.pos += PIECE_BLOCKS * f.stream.block_shift
+                f.stream.compute_s += share
+                if f.pos >= len(f.x):
+                    self._done(f, float_to_pcm16(np.concatenate(f.outs)), None)
+        for f in feeds:
+            if f.stream.slot is None:  # flushed or closed while audio waited: nothing more comes of it
+                self._done(f, b"", None)
+        self.ticks += 1
+        self.rows_total += rows
+        self.rows_max = max(self.rows_max, rows)
+        self.rows.append(rows)
+        self.tick_s.append(time.perf_counter() - t0)
+
+    def _done(self, f: _Feed, result: bytes | None, exc: BaseException | None) -> None:
+        with self._cv:
+            if self._feeds.get(f.stream) is f:
+                del self._feeds[f.stream]
+        f.loop.call_soon_threadsafe(settle, f.future, result, exc)
+
+
+def _spread(values: list[float], digits: int) -> dict[str, float] | None:
+    """Median, 99th percentile and max of recent values (None when there are none)."""
+    if not values:
+        return None
+    v = sorted(values)
+    return {"median": round(statistics.median(v), digits), "p99": round(v[min(len(v) - 1, int(0.99 * len(v)))],
+                                                                          digits), "max": round(v[-1], digits)}
