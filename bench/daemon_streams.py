@@ -134,6 +134,8 @@ async def trial(sock: str, n: int, pcm: bytes, chunk: int, rate: int, warmup: fl
             "round_trip_ms": {"p50": round(float(np.percentile(ms, 50)), 3),
                               "p99": round(float(np.percentile(ms, 99)), 3), "max": round(float(ms.max()), 3)},
             "server_core_busy": round((after["process"]["cpu_s"] - before["process"]["cpu_s"]) / wall, 3),
+            "server_system_share": round((after["process"]["cpu_system_s"] - before["process"]["cpu_system_s"])
+                                         / wall, 3),
             "server_rss_mb": round(mid["process"]["rss_bytes"] / 2**20, 2), "streams_open_mid": mid["totals"]["open"],
             "batch": {k: after["batch"].get(k) for k in ("model_batched", "rows_max", "rows_mean", "rows_per_tick",
                                                          "tick_ms", "graph_batches")}}

@@ -263,10 +263,13 @@ class BatchEngine:
         except KeyError:
             raise EdgeError(f"stream {slot} is not open (open: {sorted(self._slots)})") from None
 
-    def process(self, chunks: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+    def process(self, chunks: Mapping[int, np.ndarray], checked: bool = False) -> dict[int, np.ndarray]:
         """Feed each open stream its audio (any length, float in [-1, 1]); return each one's aligned float32
-        samples now ready."""
-        return self._feed({slot: check_audio(x, self._bundle.sample_rate) for slot, x in chunks.items()})
+        samples now ready. ``checked``: the caller made the audio itself from int16 PCM (1-D float32, in range),
+        so it is not scanned again."""
+        if not checked:
+            chunks = {slot: check_audio(x, self._bundle.sample_rate) for slot, x in chunks.items()}
+        return self._feed(chunks)
 
     def _feed(self, chunks: Mapping[int, np.ndarray], owe: bool = True) -> dict[int, np.ndarray]:
         s = self._s

@@ -1,11 +1,11 @@
-"""Many streams per invoke in the daemon: one inference thread owns the batch engines.
+"""Many streams per invoke in the daemon: the event loop's thread runs the batch engines.
 
-Each tick the thread gathers every connection with received audio waiting, gives each at most
-``PIECE_BLOCKS`` hops of it, and runs them through the engine of their bundle as one batch per round
+Each tick gathers every connection with received audio waiting, gives each at most ``PIECE_BLOCKS``
+hops of it, and runs them through the engine of their bundle as one batch per round
 (``edge.batch.BatchEngine``: round r is hop r of every stream that has one); it scatters the outputs
 back and answers each chunk whose audio is all done. No stream waits for others to have audio: a tick
 runs what is there, and audio that arrives during a tick goes into the next one, so a chunk waits at
-most one tick. Opening, flushing and closing a stream are done by the same thread, between ticks.
+most one tick. Opening, flushing and closing a stream happen on the same thread, between ticks.
 
 Used by ``serve`` for bundles whose manifest has a ``streams`` section (``python -m convert.streams``),
 unless ``--batch off``; other bundles go through the per-stream workers (``scheduler``).
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import threading
 import time
 from collections import deque
 from typing import Any, Callable
@@ -56,52 +55,59 @@ class BatchedStream:
 class _Feed:
     """One received chunk being denoised: its samples, how far the ticks got, its output so far."""
 
-    __slots__ = ("stream", "x", "pos", "outs", "future", "loop")
+    __slots__ = ("stream", "x", "pos", "outs", "future")
 
-    def __init__(self, stream: BatchedStream, x: np.ndarray, future: asyncio.Future,
-                 loop: asyncio.AbstractEventLoop):
+    def __init__(self, stream: BatchedStream, x: np.ndarray, future: asyncio.Future):
         self.stream, self.x, self.pos, self.outs = stream, x, 0, []
-        self.future, self.loop = future, loop
+        self.future = future
 
 
 class BatchWorker:
-    """The inference thread, its engines (per bundle, as many as the open streams need) and its figures."""
+    """The batch engines (per bundle, as many as the open streams need), run on the event loop's thread.
 
-    def __init__(self, options: Options, name: str = "batch"):
+    Inference runs where the sockets are served: a tick is scheduled on the loop whenever work waits, and
+    runs after the loop has read what every ready socket sent, so the chunks that came in together go in one
+    batch. There is no hand-over between threads per chunk (a futex wake, a self-pipe write and a GIL
+    exchange each way, which cost more than the model on a small core) and no lock: only the loop thread
+    touches the engines.
+    """
+
+    def __init__(self, options: Options):
         self.options = options
         self._engines: dict[int, list[BatchEngine]] = {}
         """id(bundle) -> its engines (a reload brings a new bundle; old streams finish on the old one)."""
         self._newest: int | None = None
         """id of the bundle the last stream was opened for: its first engine stays, warm, when idle."""
         self._feeds: dict[BatchedStream, _Feed] = {}
-        self._ops: deque[tuple[Callable[[], Any], asyncio.Future, asyncio.AbstractEventLoop]] = deque()
-        self._cv = threading.Condition()
+        self._scheduled = False
         self._closed = False
         self.ticks = 0
         self.rows_total = self.rows_max = 0
+        self.busy_s = 0.0
         self.rows: deque[int] = deque(maxlen=RECENT_TICKS)
         self.tick_s: deque[float] = deque(maxlen=RECENT_TICKS)
         self.streams_opened = 0
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-        self._thread.start()
 
-    # -- the event loop's side -------------------------------------------------------------------------------
-    def _call(self, fn: Callable[[], Any]) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("the batch worker is closed")
-            self._ops.append((fn, fut, loop))
-            self._cv.notify()
+    # -- what sessions call (on the loop) -------------------------------------------------------------------------
+    def _now(self, fn: Callable[[], Any]) -> asyncio.Future:
+        """A future of ``fn()``, run now (opening, flushing: one stream, a few hops)."""
+        fut = asyncio.get_running_loop().create_future()
+        if self._closed:
+            raise RuntimeError("the batch worker is closed")
+        try:
+            fut.set_result(fn())
+        except Exception as exc:
+            fut.set_exception(exc)
         return fut
 
     def acquire(self, bundle: Bundle) -> asyncio.Future:
         """A future of a new stream of ``bundle`` (zero states)."""
-        return self._call(lambda: self._open(bundle))
+        return self._now(lambda: self._open(bundle))
 
     def feed(self, stream: BatchedStream, data: bytes) -> asyncio.Future:
         """A future of the s16le output for ``data`` (s16le; an odd trailing byte waits for the next chunk)."""
+        if self._closed:
+            raise RuntimeError("the batch worker is closed")
         if stream.odd:
             data, stream.odd = stream.odd + data, b""
         if len(data) % 2:
@@ -110,41 +116,39 @@ class BatchWorker:
         stream.samples_in += len(x)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("the batch worker is closed")
-            self._feeds[stream] = _Feed(stream, x, fut, loop)
-            self._cv.notify()
+        self._feeds[stream] = _Feed(stream, x, fut)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._tick)
         return fut
 
     def finish(self, stream: BatchedStream) -> asyncio.Future:
         """A future of the rest of the stream's output (total out == total in); the slot is then free."""
-        return self._call(lambda: self._flush(stream))
+        return self._now(lambda: self._flush(stream))
 
     def release(self, stream: BatchedStream, job: asyncio.Future | None) -> None:
-        """Give the stream's slot back (its queued audio, if any, is dropped). Safe at any time."""
-        with self._cv:
-            self._feeds.pop(stream, None)
-            self._ops.append((lambda: self._close(stream), None, None))
-            self._cv.notify()
+        """Give the stream's slot back (its waiting audio, if any, is dropped)."""
+        self._feeds.pop(stream, None)
+        self._close(stream)
 
     def figures(self) -> dict[str, Any]:
         rows, tick_s = list(self.rows), list(self.tick_s)
-        engines = [e for es in list(self._engines.values()) for e in es]
+        engines = [e for es in self._engines.values() for e in es]
         return {"engines": len(engines), "capacity": sum(e.capacity for e in engines),
                 "streams_open": sum(e.open_streams for e in engines), "streams_opened": self.streams_opened,
-                "ticks": self.ticks, "graph_batches": sorted({z for e in engines for z in e.sizes}),
+                "ticks": self.ticks, "busy_s": round(self.busy_s, 3),
+                "graph_batches": sorted({z for e in engines for z in e.sizes}),
                 "rows_max": self.rows_max, "rows_mean": round(self.rows_total / self.ticks, 2) if self.ticks else None,
                 "recent_ticks": len(rows),
                 "rows_per_tick": _spread(rows, 1), "tick_ms": _spread([1e3 * t for t in tick_s], 3)}
 
-    def close(self, timeout: float = 5.0) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-        self._thread.join(timeout)
+    def close(self) -> None:
+        """Answer what waits (one tick at a time), then refuse new work."""
+        while self._feeds:
+            self._run_tick()
+        self._closed = True
 
-    # -- the inference thread -----------------------------------------------------------------------------------
+    # -- engines --------------------------------------------------------------------------------------------------
     def _open(self, bundle: Bundle) -> BatchedStream:
         self._newest = id(bundle)
         engines = self._engines.setdefault(id(bundle), [])
@@ -158,6 +162,7 @@ class BatchWorker:
     def _flush(self, stream: BatchedStream) -> bytes:
         if stream.slot is None:
             return b""
+        self._feeds.pop(stream, None)
         t0 = time.perf_counter()
         y = stream.engine.flush(stream.slot)
         stream.slot = None
@@ -177,46 +182,33 @@ class BatchWorker:
         if not engines:
             del self._engines[key]
 
-    def _work(self) -> None:
-        while True:
-            with self._cv:
-                while not self._ops and not self._feeds and not self._closed:
-                    self._cv.wait()
-                if self._closed and not self._ops and not self._feeds:
-                    return
-                ops = list(self._ops)
-                self._ops.clear()
-                feeds = [f for f in self._feeds.values() if not f.future.cancelled()]
-            for fn, fut, loop in ops:
-                try:
-                    result, exc = fn(), None
-                except Exception as e:
-                    result, exc = None, e
-                if fut is not None:
-                    loop.call_soon_threadsafe(self._settle, fut, result, exc)
-            if feeds:
-                self._tick(feeds)
+    # -- ticks ------------------------------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        """Scheduled on the loop while audio waits: one tick, then the loop serves the sockets again."""
+        self._scheduled = False
+        self._run_tick()
+        if self._feeds and not self._scheduled:  # chunks of more than PIECE_BLOCKS hops go on next time
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._tick)
 
-    def _settle(self, fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:
-        """On the event loop: answer an op; a stream opened for a connection that went meanwhile is closed."""
-        if fut.cancelled() and isinstance(result, BatchedStream):
-            self.release(result, None)
-        settle(fut, result, exc)
-
-    def _tick(self, feeds: list[_Feed]) -> None:
+    def _run_tick(self) -> None:
         """At most PIECE_BLOCKS hops of every waiting chunk, one engine call per engine."""
+        for stream in [s for s, f in self._feeds.items() if f.future.cancelled()]:
+            del self._feeds[stream]  # its connection went (shutdown, abort)
+        feeds = list(self._feeds.values())
+        if not feeds:
+            return
         t0 = time.perf_counter()
         by_engine: dict[int, list[_Feed]] = {}
         for f in feeds:
-            if f.stream.slot is not None:
-                by_engine.setdefault(id(f.stream.engine), []).append(f)
+            by_engine.setdefault(id(f.stream.engine), []).append(f)
         rows = 0
         for group in by_engine.values():
             eng = group[0].stream.engine
             t1 = time.perf_counter()
             try:
                 outs = eng.process({f.stream.slot: f.x[f.pos:f.pos + PIECE_BLOCKS * f.stream.block_shift]
-                                    for f in group})
+                                    for f in group}, checked=True)  # made from int16 PCM: in range
             except Exception as exc:
                 for f in group:
                     self._done(f, None, exc)
@@ -229,20 +221,18 @@ class BatchWorker:
                 f.stream.compute_s += share
                 if f.pos >= len(f.x):
                     self._done(f, float_to_pcm16(np.concatenate(f.outs)), None)
-        for f in feeds:
-            if f.stream.slot is None:  # flushed or closed while audio waited: nothing more comes of it
-                self._done(f, b"", None)
+        dt = time.perf_counter() - t0
         self.ticks += 1
+        self.busy_s += dt
         self.rows_total += rows
         self.rows_max = max(self.rows_max, rows)
         self.rows.append(rows)
-        self.tick_s.append(time.perf_counter() - t0)
+        self.tick_s.append(dt)
 
     def _done(self, f: _Feed, result: bytes | None, exc: BaseException | None) -> None:
-        with self._cv:
-            if self._feeds.get(f.stream) is f:
-                del self._feeds[f.stream]
-        f.loop.call_soon_threadsafe(settle, f.future, result, exc)
+        if self._feeds.get(f.stream) is f:
+            del self._feeds[f.stream]
+        settle(f.future, result, exc)
 
 
 def _spread(values: list[float], digits: int) -> dict[str, float] | None:
