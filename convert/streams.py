@@ -3,7 +3,7 @@
     python -m convert.streams BUNDLE --weights WEIGHTS.h5 [--batch 16]
 
 adds ``NAME_b{B}.tflite`` files and a ``streams`` section to an existing bundle whose family has batch-axis
-graphs (``Family.batch_models``: DTLN) in a mode that has them (``convert.modes``: float32, float16,
+graphs (``Family.batch_models``: DTLN, PoCoNet) in a mode that has them (``convert.modes``: float32, float16,
 dynamic), verified: B streams of different audio through ``edge.batch.BatchEngine`` against each one run
 alone through ``edge.StreamingDenoiser`` (float32: max abs <= 1e-5; other modes: SNR >= their
 tolerance). Re-runnable; on failure the bundle stays as it was.
@@ -86,8 +86,8 @@ def add_to_bundle(folder: str, weights_path: str, batch: int = DEFAULT_BATCH, ve
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m convert.streams",
-                                description="Add batch-axis submodels (B streams per call) to a DTLN bundle, "
-                                            "verified against each stream run alone.")
+                                description="Add batch-axis submodels (B streams per call) to a DTLN or PoCoNet "
+                                            "bundle, verified against each stream run alone.")
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("--weights", metavar="FILE", required=True, help="the weights the bundle was converted from")
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"streams per call (default: {DEFAULT_BATCH})")
