@@ -5,7 +5,7 @@
 adds ``NAME_bn.tflite`` files (a dynamic batch axis, resized by the runtime to the streams a call has; at
 most ``--batch`` streams per engine) or, with ``--fixed``, ``NAME_b{B}.tflite`` files for exactly B streams,
 and a ``streams`` section, to an existing bundle whose family has batch-axis graphs
-(``Family.batch_models``) in a mode that has them (``convert.modes``: float32, float16, dynamic),
+(``Family.batch_models``: DTLN, PoCoNet) in a mode that has them (``convert.modes``: float32, float16, dynamic),
 verified: streams of different audio and lengths through one ``edge.batch.BatchEngine`` against each one
 run alone through ``edge.denoise`` (float32: max abs <= 1e-5; other modes: SNR >= their tolerance).
 Re-runnable; on failure the bundle stays as it was.

@@ -181,3 +181,65 @@ def test_batch_sizes_and_capacity(resizable_bundle, streams_bundle):
         BatchEngine(edge.load_bundle(resizable_bundle), capacity=65)
     with pytest.raises(EdgeError, match=f"exactly {BATCH} streams"):
         BatchEngine(edge.load_bundle(streams_bundle), capacity=2)
+
+
+def _signature(it) -> tuple[dict[str, int], dict[str, int]]:
+    """Signature name -> tensor index, for inputs and outputs."""
+    r = it.get_signature_runner()
+    return ({n: d["index"] for n, d in r.get_input_details().items()},
+            {n: d["index"] for n, d in r.get_output_details().items()})
+
+
+def test_poconet_streams_match_alone_and_a_dynamic_batch_resizes(tmp_path):
+    """The U-Net's caches and GRU state per row: B streams in one engine equal each alone; a graph whose batch
+    axis is sized at load gives, row by row, the per-block graph's outputs at every size."""
+    from convert.build import convert
+    from convert.export import to_tflite
+    from convert.families.poconet import FAMILY, build_streaming_model
+    from convert.families.poconet import save_weights as save_poconet
+    from edge.interpreter import make_interpreter
+
+    from .test_poconet import small_weights as poconet_weights
+    from .test_poconet import speechlike
+
+    w = poconet_weights(seed=1)
+    save_poconet(w, str(tmp_path / "p.h5"))
+    path = tmp_path / "p"
+    convert(w, "none", str(path), verify_audio=[speechlike(1.0, 5)], verify_names=["speechlike"])
+    b = add_to_bundle(str(path), str(tmp_path / "p.h5"), BATCH, [speechlike(0.9, 6)])
+    assert b.manifest["streams"]["verification"]["passed"] is True
+    eng = BatchEngine(b)
+    xs = [speechlike(0.5 + 0.2 * k, 10 + k) for k in range(BATCH)]
+    slots = [eng.open() for _ in xs]
+    got = {s: [] for s in slots}
+    for pos in range(0, max(map(len, xs)), 700):
+        for s, y in eng.process({s: x[pos:pos + 700] for s, x in zip(slots, xs, strict=True) if pos < len(x)}).items():
+            got[s].append(y)
+    for s, x in zip(slots, xs, strict=True):
+        y = np.concatenate(got[s] + [eng.flush(s)])
+        assert float(np.max(np.abs(y - alone(b, x)))) <= TOL
+    assert max(eng.ticks) == BATCH
+
+    (model, io), = FAMILY.batch_models(w, b.manifest, None)
+    assert model.name == "poconet_stream_bn" and all(s[0] is None for _, s in io.inputs + io.outputs)
+    it = make_interpreter(to_tflite(model, io.inputs, "none"))
+    per = make_interpreter((path / "unet.tflite").read_bytes())
+    (ins, outs), (pin, pout) = _signature(it), _signature(per)
+    shapes = dict(build_streaming_model(w)[1].inputs)
+    rng = np.random.default_rng(0)
+    for rows in (1, 3, 8):
+        for n, i in ins.items():
+            it.resize_tensor_input(i, (rows, *shapes[n][1:]))
+        it.allocate_tensors()
+        x = {n: rng.standard_normal((rows, *shapes[n][1:])).astype(np.float32) for n in ins}
+        for n, i in ins.items():
+            it.set_tensor(i, x[n])
+        it.invoke()
+        for r in range(rows):
+            for n, i in pin.items():
+                per.set_tensor(i, x[n][r:r + 1])
+            per.invoke()
+            for n, i in pout.items():
+                assert float(np.max(np.abs(it.get_tensor(outs[n])[r:r + 1] - per.get_tensor(i)))) <= TOL, (rows, n)
+    with pytest.raises(ConvertError, match="rows must be an int >= 1 or None"):
+        build_streaming_model(w, rows=0)

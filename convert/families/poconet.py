@@ -12,8 +12,9 @@ blocks, a temporal bottleneck), made causal and small:
   bottleneck (residual); transposed-conv upsampling, skip concatenation and a dense block per level;
 - out: a complex mask per bin, its magnitude bounded by tanh (applied outside the graph too).
 
-The streaming form runs ``frames`` hops per call; each dense block keeps one cache of its last
-``time_kernel - 1`` input frames (all channels its layers read), the GRU keeps its hidden state.
+The streaming form runs ``frames`` hops per call of ``rows`` independent streams (or a batch axis sized
+at load); each dense block keeps one cache of its last ``time_kernel - 1`` input frames (all channels its
+layers read), the GRU keeps its hidden state.
 """
 
 from __future__ import annotations
@@ -255,12 +256,14 @@ def pos_table(cfg: PoCoNetConfig) -> np.ndarray:
     return np.cos(np.pi * k * f / cfg.bins).astype(np.float32)
 
 
-def _unet(cfg: PoCoNetConfig, feat, caches: dict | None, gru_state=None, frames: int | None = None):
+def _unet(cfg: PoCoNetConfig, feat, caches: dict | None, gru_state=None, frames: int | None = None,
+          dynamic_rows: bool = False):
     """The network on features (batch, frames, bins, 2) -> raw mask (batch, frames, bins, 2).
 
     ``caches is None``: whole utterance, causal zero padding in time. Otherwise streaming: ``caches``
-    maps block name -> (1, time_kernel - 1, bins_l, width) input, ``gru_state`` is (1, gru_units);
-    returns the new caches and GRU state too.
+    maps block name -> (rows, time_kernel - 1, bins_l, width) input, ``gru_state`` is (rows, gru_units);
+    returns the new caches and GRU state too. ``dynamic_rows``: the batch axis is unknown until load, so the
+    reshapes give it as -1 (``frames`` is known) rather than reading it from the tensor's shape at run time.
     """
     from ..layers import FreqEmbedding, GRUStep, keras
 
@@ -298,7 +301,10 @@ def _unet(cfg: PoCoNetConfig, feat, caches: dict | None, gru_state=None, frames:
         skips.append(h)
         h = L.Conv2D(cfg.channels[lv + 1], (1, 2), strides=(1, 2), activation=act, name=f"down{lv}")(h)
     fb, cb = cfg.freqs(cfg.levels), cfg.channels[-1]
-    flat = L.Reshape((-1, fb * cb), name="flatten")(h)
+    if dynamic_rows:
+        flat = ops.reshape(h, (-1, frames, fb * cb))
+    else:
+        flat = L.Reshape((-1, fb * cb), name="flatten")(h)
     new_gru = None
     if caches is None:
         g = L.GRU(cfg.gru_units, return_sequences=True, name="gru")(flat)
@@ -311,8 +317,12 @@ def _unet(cfg: PoCoNetConfig, feat, caches: dict | None, gru_state=None, frames:
             outs.append(state)
         g = outs[0][:, None] if frames == 1 else ops.stack(outs, axis=1)
         new_gru = state
-    g = L.Dense(fb * cb, name="gru_proj")(g)
-    h = L.Reshape((-1, fb, cb), name="unflatten")(flat + g)
+    if dynamic_rows:  # Dense on 2-D rows: on 3-D input it would read the batch size from the tensor at run time
+        g = L.Dense(fb * cb, name="gru_proj")(ops.reshape(g, (-1, cfg.gru_units)))
+        h = ops.reshape(flat + ops.reshape(g, (-1, frames, fb * cb)), (-1, frames, fb, cb))
+    else:
+        g = L.Dense(fb * cb, name="gru_proj")(g)
+        h = L.Reshape((-1, fb, cb), name="unflatten")(flat + g)
     for lv in reversed(range(cfg.levels)):
         c = cfg.channels[lv]
         u = L.Conv2DTranspose(c, (1, 2), strides=(1, 2), activation=act, name=f"up{lv}")(h)
@@ -358,25 +368,30 @@ def state_names(cfg: PoCoNetConfig) -> list[str]:
     return names + ["gru_state"]
 
 
-def build_streaming_model(weights: PoCoNetWeights, frames: int = 1):
+def build_streaming_model(weights: PoCoNetWeights, frames: int = 1, rows: int | None = 1):
     """The FFT-free streaming submodel: ``frames`` hops per call, every cache and the GRU state named.
 
-    Inputs ``feat`` (1, frames, bins, 2) and ``NAME`` states; outputs ``mask`` (1, frames, bins, 2)
-    (raw: bound it with tanh(|m|)/|m|) and ``NAME_out``. Returns (keras model, IOSpec).
+    Inputs ``feat`` (rows, frames, bins, 2) and ``NAME`` states (rows, ...); outputs ``mask``
+    (rows, frames, bins, 2) (raw: bound it with tanh(|m|)/|m|) and ``NAME_out``. ``rows``: independent
+    streams per call, each with its own state rows; None: a batch axis the runtime sizes at load
+    (``resize_tensor_input`` on axis 0 of every input). Returns (keras model, IOSpec).
     """
     from ..layers import keras
 
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+        raise ConvertError(f"rows must be an int >= 1 or None (a batch axis sized at load), got {rows!r}")
     cfg = weights.config
-    feat = keras.Input(batch_shape=(1, frames, cfg.bins, 2), name="feat")
+    feat = keras.Input(batch_shape=(rows, frames, cfg.bins, 2), name="feat")
     caches = {}
     if cfg.time_kernel > 1:
         for name, (fl, width) in cache_widths(cfg).items():
-            caches[name] = keras.Input(batch_shape=(1, cfg.time_kernel - 1, fl, width), name=f"{name}_cache")
-    gru = keras.Input(batch_shape=(1, cfg.gru_units), name="gru_state")
-    raw, new_caches, new_gru = _unet(cfg, feat, caches, gru, frames)
+            caches[name] = keras.Input(batch_shape=(rows, cfg.time_kernel - 1, fl, width), name=f"{name}_cache")
+    gru = keras.Input(batch_shape=(rows, cfg.gru_units), name="gru_state")
+    raw, new_caches, new_gru = _unet(cfg, feat, caches, gru, frames, dynamic_rows=rows is None)
     inputs = {"feat": feat, **{f"{n}_cache": t for n, t in caches.items()}, "gru_state": gru}
     outputs = {"mask": raw, **{f"{n}_cache_out": new_caches[n] for n in caches}, "gru_state_out": new_gru}
-    model = keras.Model(inputs=inputs, outputs=outputs, name="poconet_stream")
+    suffix = "_bn" if rows is None else f"_b{rows}" if rows > 1 else ""
+    model = keras.Model(inputs=inputs, outputs=outputs, name=f"poconet_stream{suffix}")
     for name, ws in weights.arrays.items():
         model.get_layer(name).set_weights(ws)
     io = IOSpec(name=SUBMODEL,
@@ -391,6 +406,13 @@ def tblock_models(weights: PoCoNetWeights, manifest: Mapping, frames: int):
     """The bundle's submodel over ``frames`` hops per call (``Family.tblock_models``): the same graph in
     every mode, so the manifest adds nothing."""
     return [build_streaming_model(weights, frames=frames)]
+
+
+def batch_models(weights: PoCoNetWeights, manifest: Mapping, batch: int | None):
+    """The bundle's per-block submodel with ``batch`` independent streams per call, states ``[batch, ...]``
+    (``Family.batch_models``); None: a batch axis sized at load. The same graph in every mode, like
+    ``tblock_models``."""
+    return [build_streaming_model(weights, rows=batch)]
 
 
 def family_options(cfg: PoCoNetConfig) -> dict:
@@ -460,4 +482,4 @@ FAMILY = Family(
     name=NAME, weights_type=PoCoNetWeights, load_weights=load_weights, save_weights=save_weights,
     owns_file=owns_file, default_weights=default_weights, plan=plan, training_model=build_training_model,
     get_model_weights=get_model_weights, set_model_weights=set_model_weights,
-    train_architecture=train_architecture, tblock_models=tblock_models)
+    train_architecture=train_architecture, tblock_models=tblock_models, batch_models=batch_models)
