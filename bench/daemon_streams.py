@@ -9,7 +9,7 @@ counts a miss (its processing took longer than the audio). N streams = 1, 2, 4, 
 misses, then a bisection; the result is the largest N with no miss. The latency the daemon adds beyond
 the model's own algorithmic delay (block_len - block_shift) is the chunk round trip: sent -> its
 denoised block back, p50/p99 after warm-up. `--streams N ...` runs those counts instead of the search.
-Server RSS is read from its status half-way through each trial, every stream open; `--rss A B` reports
+Server RSS is read from /proc half-way through each trial, every stream open; `--rss A B` reports
 (RSS with B streams - RSS with A) / (B - A) per added stream.
 
     python bench/daemon_streams.py [--model DIR] [--seconds 5] [--max-streams 96]   # -> results/daemon.json
@@ -47,9 +47,12 @@ def priority(nice: int, fifo: int) -> None:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(fifo))
 
 
-def start_server(model: str, sock: str, core: int, log: Path, nice: int, fifo: int, batch: str) -> subprocess.Popen:
+def start_server(model: str, sock: str, core: int, log: Path, nice: int, fifo: int, batch: str,
+                 batch_wait: float | None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "edge.cli", "serve", "--model", model, "--uri", f"unix://{sock}", "--workers", "1",
            "--max-connections", "512", "--max-per-peer", "512", "--idle-timeout", "0", "--batch", batch, "-q"]
+    if batch_wait is not None:
+        cmd += ["--batch-wait", str(batch_wait)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
                             preexec_fn=lambda: (os.sched_setaffinity(0, {core}), priority(nice, fifo)))
     deadline = time.monotonic() + 60
@@ -106,12 +109,17 @@ async def one_stream(sock: str, pcm: bytes, chunk: int, rate: int, t0: float, wa
     w.close()
 
 
-async def status_at(sock: str, when: float) -> dict:
+async def rss_at(pid: int, when: float) -> float:
+    """The server's VmRSS (MB) at loop time ``when``, read from /proc (a status request would stall the
+    server's loop for the time it takes to describe every stream)."""
     await asyncio.sleep(max(0.0, when - asyncio.get_running_loop().time()))
-    return await status(sock)
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"no VmRSS for pid {pid}")
 
 
-async def trial(sock: str, n: int, pcm: bytes, chunk: int, rate: int, warmup: float) -> dict:
+async def trial(sock: str, n: int, pcm: bytes, chunk: int, rate: int, warmup: float, pid: int) -> dict:
     before = await status(sock)
     loop = asyncio.get_running_loop()
     t0 = loop.time() + 0.5 + n / 200  # time to connect them all
@@ -121,7 +129,7 @@ async def trial(sock: str, n: int, pcm: bytes, chunk: int, rate: int, warmup: fl
     # Streams start at phases spread over one chunk, as independent clients would.
     tasks = [one_stream(sock, pcm[2 * (s * 997 % rate):] + pcm[:2 * (s * 997 % rate)], chunk, rate,
                         t0 + dur * s / n, warmup, rtts, misses) for s in range(n)]
-    middle = asyncio.ensure_future(status_at(sock, t0 + len(pcm) / 2 / rate / 2))
+    middle = asyncio.ensure_future(rss_at(pid, t0 + len(pcm) / 2 / rate / 2))
     wall = time.monotonic()
     await asyncio.gather(*tasks)
     wall = time.monotonic() - wall
@@ -136,7 +144,7 @@ async def trial(sock: str, n: int, pcm: bytes, chunk: int, rate: int, warmup: fl
             "server_core_busy": round((after["process"]["cpu_s"] - before["process"]["cpu_s"]) / wall, 3),
             "server_system_share": round((after["process"]["cpu_system_s"] - before["process"]["cpu_system_s"])
                                          / wall, 3),
-            "server_rss_mb": round(mid["process"]["rss_bytes"] / 2**20, 2), "streams_open_mid": mid["totals"]["open"],
+            "server_rss_mb": round(mid, 2),
             "batch": {k: after["batch"].get(k) for k in ("model_batched", "rows_max", "rows_mean", "rows_per_tick",
                                                          "tick_ms", "graph_batches")}}
 
@@ -166,6 +174,8 @@ def main() -> int:
     p.add_argument("--rss", type=int, nargs=2, default=None, metavar=("A", "B"),
                    help="report server RSS per added stream between the trials of A and B streams")
     p.add_argument("--batch", choices=("auto", "off"), default="auto", help="serve --batch (default: auto)")
+    p.add_argument("--batch-wait", type=float, default=None, metavar="MS",
+                   help="serve --batch-wait (default: serve's)")
     p.add_argument("--result", default="daemon", help="results name: bench/results/NAME.json (default: daemon)")
     p.add_argument("--out", default=None, help="write the JSON there instead of bench/results/NAME.json")
     args = p.parse_args()
@@ -201,14 +211,15 @@ def main() -> int:
     priority(args.nice, args.fifo)
     tmp = Path(tempfile.mkdtemp(prefix="edge-daemon-bench-"))
     sock = str(tmp / "b.sock")
-    proc = start_server(model, sock, server_core, tmp / "serve.log", args.nice, args.fifo, args.batch)
+    proc = start_server(model, sock, server_core, tmp / "serve.log", args.nice, args.fifo, args.batch,
+                        args.batch_wait)
     trials: dict[int, dict] = {}
     try:
         def run(n: int) -> dict:
             """The first clean attempt at N streams, else the last of --attempts."""
             if n not in trials:
                 for attempt in range(1, args.attempts + 1):
-                    t = asyncio.run(trial(sock, n, pcm, chunk, rate, args.warmup))
+                    t = asyncio.run(trial(sock, n, pcm, chunk, rate, args.warmup, proc.pid))
                     t["attempt"] = attempt
                     print(f"{n:4d} streams (attempt {attempt}): misses: {t['late_answers']} late answers, "
                           f"{t['sent_late']} sent late, {t['server_misses']} server; round trip p50 "
@@ -273,7 +284,8 @@ def main() -> int:
         "title": "Daemon: concurrent real-time streams per core and added latency"
                  + (" (batched streams)" if trials[first]["batch"]["model_batched"] else ""),
         "settings": {"attempts": args.attempts, "model": bundle.name, "model_sha256": bundle.sha256,
-                     "batch": args.batch, "batched": trials[first]["batch"]["model_batched"],
+                     "batch": args.batch, "batch_wait_ms": args.batch_wait,
+                     "batched": trials[first]["batch"]["model_batched"],
                      "quantization": bundle.quantization,
                      "chunk_samples": chunk, "chunk_ms": 1e3 * chunk / rate, "seconds_per_stream": args.seconds,
                      "warmup_s": args.warmup, "nice": args.nice, "sched_fifo_priority": args.fifo,

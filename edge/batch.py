@@ -23,7 +23,7 @@ Not thread-safe: one engine per thread, like an interpreter.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 
@@ -263,21 +263,31 @@ class BatchEngine:
         except KeyError:
             raise EdgeError(f"stream {slot} is not open (open: {sorted(self._slots)})") from None
 
-    def process(self, chunks: Mapping[int, np.ndarray], checked: bool = False) -> dict[int, np.ndarray]:
+    def process(self, chunks: Mapping[int, np.ndarray], checked: bool = False,
+                tails: Collection[int] = ()) -> dict[int, np.ndarray]:
         """Feed each open stream its audio (any length, float in [-1, 1]); return each one's aligned float32
         samples now ready. ``checked``: the caller made the audio itself from int16 PCM (1-D float32, in range),
-        so it is not scanned again."""
+        so it is not scanned again. ``tails``: streams whose chunk is the ``tail_samples`` zeros that push
+        out the rest of their output (not input: it adds no output of its own); several streams can end in
+        one call this way, each then ``close``d."""
         if not checked:
-            chunks = {slot: check_audio(x, self._bundle.sample_rate) for slot, x in chunks.items()}
-        return self._feed(chunks)
+            chunks = {slot: check_audio(x, self._bundle.sample_rate) if slot not in tails else x
+                      for slot, x in chunks.items()}
+        return self._feed(chunks, tails)
 
-    def _feed(self, chunks: Mapping[int, np.ndarray], owe: bool = True) -> dict[int, np.ndarray]:
+    def tail_samples(self, slot: int) -> int:
+        """Zeros that push out every output sample of ``slot`` not returned yet."""
+        st = self._slot(slot)
+        hops = -(-(st.to_drop + st.owed) // self._s)
+        return max(0, hops * self._s - len(st.pending))
+
+    def _feed(self, chunks: Mapping[int, np.ndarray], tails: Collection[int] = ()) -> dict[int, np.ndarray]:
         s = self._s
         for slot, x in chunks.items():
             st = self._slot(slot)
             x = x.astype(np.float32, copy=False)
             st.pending = np.concatenate([st.pending, x]) if len(st.pending) else x
-            if owe:
+            if slot not in tails:
                 st.owed += len(x)
         slots = np.asarray([k for k in chunks if len(self._slots[k].pending) >= s], np.intp)
         outs: dict[int, np.ndarray] = {k: np.zeros(0, np.float32) for k in chunks}
@@ -331,8 +341,6 @@ class BatchEngine:
 
     def flush(self, slot: int) -> np.ndarray:
         """The output of every input sample of one stream not yet returned (total out == total in); closes it."""
-        st = self._slot(slot)
-        hops = -(-(st.to_drop + st.owed) // self._s)
-        y = self._feed({slot: np.zeros(max(0, hops * self._s - len(st.pending)), np.float32)}, owe=False)[slot]
+        y = self._feed({slot: np.zeros(self.tail_samples(slot), np.float32)}, tails=(slot,))[slot]
         self.close(slot)
         return y

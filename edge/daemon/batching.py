@@ -55,11 +55,13 @@ class BatchedStream:
 class _Feed:
     """One received chunk being denoised: its samples, how far the ticks got, its output so far."""
 
-    __slots__ = ("stream", "x", "pos", "outs", "future")
+    __slots__ = ("stream", "x", "pos", "outs", "future", "tail")
 
-    def __init__(self, stream: BatchedStream, x: np.ndarray, future: asyncio.Future):
+    def __init__(self, stream: BatchedStream, x: np.ndarray, future: asyncio.Future, tail: bool = False):
         self.stream, self.x, self.pos, self.outs = stream, x, 0, []
         self.future = future
+        self.tail = tail
+        """The zeros that push out the rest of the stream's output; the slot closes when they are done."""
 
 
 class BatchWorker:
@@ -72,14 +74,17 @@ class BatchWorker:
     touches the engines.
     """
 
-    def __init__(self, options: Options):
+    def __init__(self, options: Options, wait: float = 0.0):
         self.options = options
+        self.wait = wait
+        """Seconds a tick may wait for more streams' audio after the first chunk arrives (at most one hop: a
+        stream then waits at most that long for the others); it runs at once when every open stream waits."""
         self._engines: dict[int, list[BatchEngine]] = {}
         """id(bundle) -> its engines (a reload brings a new bundle; old streams finish on the old one)."""
         self._newest: int | None = None
         """id of the bundle the last stream was opened for: its first engine stays, warm, when idle."""
         self._feeds: dict[BatchedStream, _Feed] = {}
-        self._scheduled = False
+        self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
         self._closed = False
         self.ticks = 0
         self.rows_total = self.rows_max = 0
@@ -117,14 +122,35 @@ class BatchWorker:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._feeds[stream] = _Feed(stream, x, fut)
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._tick)
+        self._schedule(loop)
         return fut
 
+    def _open_streams(self) -> int:
+        return sum(e.open_streams for es in self._engines.values() for e in es)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A tick at once when every open stream has audio waiting (or no wait is set), else after ``wait``."""
+        now = not self.wait or len(self._feeds) >= self._open_streams()
+        if self._scheduled is not None:
+            if not now or not isinstance(self._scheduled, asyncio.TimerHandle):
+                return
+            self._scheduled.cancel()
+        self._scheduled = loop.call_soon(self._tick) if now else loop.call_later(self.wait, self._tick)
+
     def finish(self, stream: BatchedStream) -> asyncio.Future:
-        """A future of the rest of the stream's output (total out == total in); the slot is then free."""
-        return self._now(lambda: self._flush(stream))
+        """A future of the rest of the stream's output (total out == total in); the slot is then free. The
+        zeros that push it out go through the ticks with the other streams' audio."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if stream.slot is None:
+            fut.set_result(b"")
+            return fut
+        if self._closed:
+            raise RuntimeError("the batch worker is closed")
+        pad = np.zeros(stream.engine.tail_samples(stream.slot), np.float32)
+        self._feeds[stream] = _Feed(stream, pad, fut, tail=True)
+        self._schedule(loop)
+        return fut
 
     def release(self, stream: BatchedStream, job: asyncio.Future | None) -> None:
         """Give the stream's slot back (its waiting audio, if any, is dropped)."""
@@ -159,16 +185,6 @@ class BatchWorker:
         self.streams_opened += 1
         return BatchedStream(eng, eng.open())
 
-    def _flush(self, stream: BatchedStream) -> bytes:
-        if stream.slot is None:
-            return b""
-        self._feeds.pop(stream, None)
-        t0 = time.perf_counter()
-        y = stream.engine.flush(stream.slot)
-        stream.slot = None
-        stream.compute_s += time.perf_counter() - t0
-        return float_to_pcm16(y)
-
     def _close(self, stream: BatchedStream) -> None:
         if stream.slot is not None:
             stream.engine.close(stream.slot)
@@ -185,11 +201,10 @@ class BatchWorker:
     # -- ticks ------------------------------------------------------------------------------------------------------
     def _tick(self) -> None:
         """Scheduled on the loop while audio waits: one tick, then the loop serves the sockets again."""
-        self._scheduled = False
+        self._scheduled = None
         self._run_tick()
-        if self._feeds and not self._scheduled:  # chunks of more than PIECE_BLOCKS hops go on next time
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._tick)
+        if self._feeds and self._scheduled is None:  # chunks of more than PIECE_BLOCKS hops go on next time
+            self._scheduled = asyncio.get_running_loop().call_soon(self._tick)
 
     def _run_tick(self) -> None:
         """At most PIECE_BLOCKS hops of every waiting chunk, one engine call per engine."""
@@ -208,7 +223,8 @@ class BatchWorker:
             t1 = time.perf_counter()
             try:
                 outs = eng.process({f.stream.slot: f.x[f.pos:f.pos + PIECE_BLOCKS * f.stream.block_shift]
-                                    for f in group}, checked=True)  # made from int16 PCM: in range
+                                    for f in group}, checked=True,  # made from int16 PCM: in range
+                                   tails={f.stream.slot for f in group if f.tail})
             except Exception as exc:
                 for f in group:
                     self._done(f, None, exc)
@@ -220,6 +236,9 @@ class BatchWorker:
                 f.pos += PIECE_BLOCKS * f.stream.block_shift
                 f.stream.compute_s += share
                 if f.pos >= len(f.x):
+                    if f.tail:
+                        f.stream.engine.close(f.stream.slot)
+                        f.stream.slot = None
                     self._done(f, float_to_pcm16(np.concatenate(f.outs)), None)
         dt = time.perf_counter() - t0
         self.ticks += 1

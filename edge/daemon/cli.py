@@ -120,6 +120,10 @@ def register(sub) -> None:
                         "batch per tick on one inference thread: auto = when the bundle has them, on = the bundle "
                         "must have them, off = one interpreter per stream on the --workers threads "
                         "(default: auto)")
+    p.add_argument("--batch-wait", type=_positive(float, "--batch-wait"), default=2.0, metavar="MS",
+                   help="batched: milliseconds a tick may wait for more streams' audio once a chunk arrived (it runs "
+                        "at once when every stream has audio); more streams share each model call, each chunk's "
+                        "answer comes up to this much later; at most one hop; 0 = run at once (default: 2)")
     p.add_argument("--socket-mode", type=_octal, default=0o660,
                    help="permissions of unix sockets, octal (default: 660)")
     p.add_argument("--socket-group", default=None, metavar="GROUP",
@@ -171,6 +175,9 @@ def run(args) -> int:
     if args.batch == "on" and not batchable(bundle):
         raise DaemonError(f"--batch on: {bundle.path} has no batch-axis graphs (add them with "
                           "python -m convert.streams BUNDLE --weights WEIGHTS)")
+    if args.batch_wait > 1000 * bundle.block_shift / bundle.sample_rate:
+        raise DaemonError(f"--batch-wait {args.batch_wait:g}: expected at most one hop of the model, "
+                          f"{1000 * bundle.block_shift / bundle.sample_rate:g} ms")
     if not check_at_start(args, bundle, options):
         return 1
     workers = args.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -180,7 +187,8 @@ def run(args) -> int:
                     idle_timeout=args.idle_timeout, header_timeout=args.header_timeout, min_rate=args.min_rate,
                     drain_timeout=args.drain_timeout)
     server = Server(bundle, options, eps, controls, limits, token=token, workers=workers,
-                    socket_mode=args.socket_mode, socket_gid=gid, batch=args.batch)
+                    socket_mode=args.socket_mode, socket_gid=gid, batch=args.batch,
+                    batch_wait=args.batch_wait / 1000)
     return server.run()
 
 

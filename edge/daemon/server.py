@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -91,7 +92,7 @@ class Server:
 
     def __init__(self, bundle: Bundle, options: Options, endpoints: list[Endpoint], controls: list[Endpoint],
                  limits: Limits, token: str | None = None, workers: int = 1, socket_mode: int = 0o660,
-                 socket_gid: int | None = None, batch: str = "auto"):
+                 socket_gid: int | None = None, batch: str = "auto", batch_wait: float = 0.0):
         self.model_path = bundle.path  # SIGHUP reloads this folder (replace its contents, then kill -HUP)
         self.options = options
         self.endpoints = endpoints
@@ -106,6 +107,7 @@ class Server:
         if batch not in BATCH_MODES:
             raise ValueError(f"batch: expected one of {BATCH_MODES}, got {batch!r}")
         self.batch = batch
+        self.batch_wait = batch_wait
         self.stream_workers: StreamWorkers | None = None
         self.batcher: BatchWorker | None = None
         self.sessions: dict[int, Session] = {}
@@ -135,8 +137,11 @@ class Server:
             loop.add_signal_handler(sig, self._begin_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         self.stream_workers = StreamWorkers(self.workers, self.limits.max_connections, self.options)
+        # What was loaded (modules, the bundle) stays: the collector no longer walks it on every full
+        # collection (tens of ms that a live stream would feel as a late chunk).
+        gc.freeze()
         if self.batch != "off":
-            self.batcher = BatchWorker(self.options)
+            self.batcher = BatchWorker(self.options, self.batch_wait)
         try:
             self._listen_all()
             b = self.bundle
