@@ -231,7 +231,7 @@ def main() -> int:
             return trials[n]
 
         good, bad, n = 0, None, 1
-        counts = sorted(set(args.streams or []) | set(args.rss or []))
+        counts = sorted(set(args.streams or []))
         if counts:
             for n in counts:
                 if ok(run(n)):
@@ -251,6 +251,8 @@ def main() -> int:
                     good = mid
                 else:
                     bad = mid
+        for n in args.rss or []:
+            run(n)
     finally:
         proc.terminate()
         rc = proc.wait(30)

@@ -268,6 +268,22 @@ def test_max_connections(serve, small_bundle):
     assert srv.status()["totals"]["refused"] == 1
 
 
+def test_batch_options_are_checked_at_start(small_bundle, batched_bundle, tmp_path, serve):
+    def refused(model, *extra):
+        r = subprocess.run(CLI + ["serve", "--model", model, "--uri", f"unix://{tmp_path}/x.sock", *extra],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert r.returncode == 2, r.stderr
+        return r.stderr
+
+    assert "has no batch-axis graphs" in refused(small_bundle, "--batch", "on")
+    assert "expected at most one hop of the model, 8 ms" in refused(batched_bundle, "--batch-wait", "9")
+    srv = serve(batched_bundle, "--batch", "off")  # a bundle with batch graphs served per stream on request
+    with srv.client() as c:
+        assert stream(c, pcm(0.3, 5), 700) == offline(pcm(0.3, 5), batched_bundle)
+    st = srv.status()
+    assert st["batch"] == {"mode": "off", "model_batched": False} and st["totals"]["denoisers_created"] == 1
+
+
 def test_non_loopback_bind_needs_a_token(small_bundle, tmp_path, serve):
     port = free_port()
     r = subprocess.run(CLI + ["serve", "--model", small_bundle, "--uri", f"tcp://0.0.0.0:{port}"],

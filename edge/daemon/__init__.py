@@ -1,7 +1,8 @@
 """The denoising daemon (``edge-denoise serve``/``status``): URI-addressed, one stream per connection.
 
 Modules: ``uri`` (addresses), ``protocol`` (header lines, token check), ``session`` (one connection),
-``scheduler`` (round-robin inference threads), ``listen`` (accepting), ``server`` (limits, signals,
+``scheduler`` (round-robin inference threads), ``pcm`` (per-stream denoisers), ``batching`` (streams
+as one batch per tick, on the event loop), ``listen`` (accepting), ``server`` (limits, signals,
 reload), ``status`` (figures, control sockets), ``client`` (a blocking client), ``cli`` (the commands).
 """
 

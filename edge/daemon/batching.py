@@ -27,6 +27,8 @@ from ..bundle import Bundle
 from ..options import Options
 from .scheduler import PIECE_BLOCKS, settle
 
+WAIT_ABOVE = 4
+"""Open streams up to which a tick never waits for others (the core has room: waiting only adds latency)."""
 RECENT_TICKS = 2048
 """Ticks kept for the status figures (rows and compute per tick)."""
 
@@ -78,7 +80,8 @@ class BatchWorker:
         self.options = options
         self.wait = wait
         """Seconds a tick may wait for more streams' audio after the first chunk arrives (at most one hop: a
-        stream then waits at most that long for the others); it runs at once when every open stream waits."""
+        stream then waits at most that long for the others); it runs at once when every open stream waits,
+        and when at most ``WAIT_ABOVE`` streams are open."""
         self._engines: dict[int, list[BatchEngine]] = {}
         """id(bundle) -> its engines (a reload brings a new bundle; old streams finish on the old one)."""
         self._newest: int | None = None
@@ -129,8 +132,10 @@ class BatchWorker:
         return sum(e.open_streams for es in self._engines.values() for e in es)
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        """A tick at once when every open stream has audio waiting (or no wait is set), else after ``wait``."""
-        now = not self.wait or len(self._feeds) >= self._open_streams()
+        """A tick at once when every open stream has audio waiting, or few are open, or no wait is set; else
+        after ``wait``."""
+        open_streams = self._open_streams()
+        now = not self.wait or open_streams <= WAIT_ABOVE or len(self._feeds) >= open_streams
         if self._scheduled is not None:
             if not now or not isinstance(self._scheduled, asyncio.TimerHandle):
                 return
