@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ship(weights, mode: Mode, out: Path, name: str, job: dict, scored: dict[str, Path | None]):
     """(scores entry, bundle or None): one mode converted into its release folder and scored, or why not."""
-    from edge.evaluate import _pairs, evaluate
+    from edge.evaluate import evaluate, pairs
     from edge.options import Options
 
     from .build import bundle_bytes, convert
@@ -95,7 +95,7 @@ def _ship(weights, mode: Mode, out: Path, name: str, job: dict, scored: dict[str
     for label, root in scored.items():
         if root is None or not (root / "clean").is_dir():
             continue
-        r = evaluate(bundle, Options(), _pairs(str(root / "clean"), str(root / "noisy")))
+        r = evaluate(bundle, Options(), pairs(str(root / "clean"), str(root / "noisy")))
         entry[label] = {"means": r["means"], "files": r["files"], "real_time_factor": r["real_time_factor"]}
         print(f"{mode.name} {label}: PESQ {r['means']['pesq_wb']:.3f} STOI {r['means']['stoi']:.3f} "
               f"SI-SDR {r['means']['si_sdr']:.2f}", file=sys.stderr)

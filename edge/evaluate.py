@@ -53,22 +53,24 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _pairs(clean_dir: str, noisy_dir: str) -> list[tuple[Path, Path]]:
+def pairs(clean_dir: str, noisy_dir: str) -> list[tuple[Path, Path]]:
+    """(clean, noisy) paths: every audio file under ``noisy_dir`` with the same-named file under ``clean_dir``;
+    AudioError when a folder or a clean reference is missing, or there is no noisy file."""
     cd, nd = Path(clean_dir), Path(noisy_dir)
     for d in (cd, nd):
         if not d.is_dir():
             raise AudioError(f"{d}: no such folder")
     noisy = sorted(p for p in nd.rglob("*") if p.suffix.lower() in EXTENSIONS)
-    pairs = []
+    found = []
     for n in noisy:
         rel = n.relative_to(nd)
         c = cd / rel
         if not c.exists():
             raise AudioError(f"{n}: no clean reference {c}")
-        pairs.append((c, n))
-    if not pairs:
+        found.append((c, n))
+    if not found:
         raise AudioError(f"{nd}: no noisy audio files")
-    return pairs
+    return found
 
 
 def evaluate(bundle, options, pairs, say=lambda msg: None) -> dict:
@@ -115,10 +117,10 @@ def table(result: dict) -> str:
 def run(args) -> int:
     from .cli import model_and_options
 
-    pairs = _pairs(args.clean, args.noisy)
+    found = pairs(args.clean, args.noisy)
     bundle, options = model_and_options(args)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    result = evaluate(bundle, options, pairs, say)
+    result = evaluate(bundle, options, found, say)
     result["clean"], result["noisy"] = os.path.basename(os.path.normpath(args.clean)), \
         os.path.basename(os.path.normpath(args.noisy))
     print(table(result))
