@@ -119,17 +119,19 @@ async def rss_at(pid: int, when: float) -> float:
     raise SystemExit(f"no VmRSS for pid {pid}")
 
 
-async def trial(sock: str, n: int, pcm: bytes, chunk: int, rate: int, warmup: float, pid: int) -> dict:
+async def trial(sock: str, n: int, pcm: bytes, chunk: int, rate: int, warmup: float, pid: int,
+                spread: float) -> dict:
     before = await status(sock)
     loop = asyncio.get_running_loop()
     t0 = loop.time() + 0.5 + n / 200  # time to connect them all
     rtts: list[float] = []
     misses = [0, 0]
     dur = chunk / rate
-    # Streams start at phases spread over one chunk, as independent clients would.
+    # Streams start at times spread over `spread` seconds (and over one chunk at least), as independent
+    # clients would; so they also end spread out, not all within one chunk.
     tasks = [one_stream(sock, pcm[2 * (s * 997 % rate):] + pcm[:2 * (s * 997 % rate)], chunk, rate,
-                        t0 + dur * s / n, warmup, rtts, misses) for s in range(n)]
-    middle = asyncio.ensure_future(rss_at(pid, t0 + len(pcm) / 2 / rate / 2))
+                        t0 + max(spread, dur) * s / n, warmup, rtts, misses) for s in range(n)]
+    middle = asyncio.ensure_future(rss_at(pid, t0 + max(spread, dur) + (len(pcm) / 2 / rate - max(spread, dur)) / 2))
     wall = time.monotonic()
     await asyncio.gather(*tasks)
     wall = time.monotonic() - wall
@@ -158,6 +160,9 @@ def main() -> int:
     p.add_argument("--model", default=None, help="bundle folder (default: our dynamic bundle of the published "
                                                   "DTLN model.h5, converted into $EDGE_BENCH_WORK)")
     p.add_argument("--seconds", type=float, default=5.0, help="seconds of audio per stream per trial (default 5)")
+    p.add_argument("--spread", type=float, default=1.0,
+                   help="seconds over which the streams of a trial start (so they end as spread out); 0 = all "
+                        "within one chunk (default 1)")
     p.add_argument("--warmup", type=float, default=1.0, help="first seconds of each stream not counted (default 1)")
     p.add_argument("--max-streams", type=int, default=96, help="stop the search there (default 96)")
     p.add_argument("--attempts", type=int, default=3,
@@ -219,7 +224,7 @@ def main() -> int:
             """The first clean attempt at N streams, else the last of --attempts."""
             if n not in trials:
                 for attempt in range(1, args.attempts + 1):
-                    t = asyncio.run(trial(sock, n, pcm, chunk, rate, args.warmup, proc.pid))
+                    t = asyncio.run(trial(sock, n, pcm, chunk, rate, args.warmup, proc.pid, args.spread))
                     t["attempt"] = attempt
                     print(f"{n:4d} streams (attempt {attempt}): misses: {t['late_answers']} late answers, "
                           f"{t['sent_late']} sent late, {t['server_misses']} server; round trip p50 "
@@ -290,7 +295,8 @@ def main() -> int:
                      "batched": trials[first]["batch"]["model_batched"],
                      "quantization": bundle.quantization,
                      "chunk_samples": chunk, "chunk_ms": 1e3 * chunk / rate, "seconds_per_stream": args.seconds,
-                     "warmup_s": args.warmup, "nice": args.nice, "sched_fifo_priority": args.fifo,
+                     "warmup_s": args.warmup, "start_spread_s": args.spread, "nice": args.nice,
+                     "sched_fifo_priority": args.fifo,
                      "server_core": server_core, "client_cores": sorted(client_cores),
                      "server": f"edge-denoise serve --workers 1 --batch {args.batch}, pinned to one core, unix socket, "
                             "JSON mode",
@@ -306,6 +312,9 @@ def main() -> int:
                   "the real-time schedule, no server-counted miss, after the first second of each stream. A stream "
                   f"count passes when one of {args.attempts} attempts does: on a shared VM, isolated stalls of "
                   "10-20 ms hit any load level (seen at 1 stream), while a count beyond capacity misses every time.",
+                  f"Streams start at times spread over {max(args.spread, chunk / rate):g} s, as independent clients "
+                  "would, and so end spread out too (with --spread 0 all start and end within one chunk; "
+                  "100 connections closing within 16 ms then delay the others' last chunk).",
                   "The clients are Python asyncio in one process on the other core(s); on a shared or busy machine "
                   "(see the load average) the figures are a floor for a quiet device."]}
     if args.out:

@@ -84,6 +84,16 @@ def pcm16_to_float(data: bytes) -> np.ndarray:
     return np.frombuffer(data, "<i2").astype(np.float32) / np.float32(32768.0)
 
 
+def pcm16_chunk(data: bytes, held: bytes) -> tuple[np.ndarray, bytes]:
+    """One chunk of an s16le stream -> (its float32 samples, the byte to hold for the next chunk): ``held``
+    (the odd byte the last chunk ended in) goes first, and an odd trailing byte waits."""
+    if held:
+        data = held + data
+    if len(data) % 2:
+        return pcm16_to_float(data[:-1]), data[-1:]
+    return pcm16_to_float(data), b""
+
+
 def float_to_pcm16(y: np.ndarray) -> bytes:
     """float samples -> s16le bytes by ``to_int16`` (files, raw PCM and the daemon agree sample for sample)."""
     return to_int16(y).astype("<i2", copy=False).tobytes()

@@ -32,7 +32,7 @@ from .errors import BundleError, EdgeError
 from .families import family_class
 from .interpreter import make_interpreter
 from .options import Options
-from .stream import check_audio, windows
+from .stream import Aligner, check_audio, windows
 from .submodel import _quantizer
 from .tblock import _same_tensor
 
@@ -184,10 +184,7 @@ class _Slot:
     def __init__(self, latency: int):
         self.pending = np.zeros(0, np.float32)
         """Input samples not yet in a hop."""
-        self.to_drop = latency
-        """Output samples still to drop (the model's delay)."""
-        self.owed = 0
-        """Input samples given whose output has not been returned yet."""
+        self.align = Aligner(latency)
 
 
 class BatchEngine:
@@ -278,7 +275,7 @@ class BatchEngine:
     def tail_samples(self, slot: int) -> int:
         """Zeros that push out every output sample of ``slot`` not returned yet."""
         st = self._slot(slot)
-        hops = -(-(st.to_drop + st.owed) // self._s)
+        hops = -(-(st.align.to_drop + st.align.owed) // self._s)
         return max(0, hops * self._s - len(st.pending))
 
     def _feed(self, chunks: Mapping[int, np.ndarray], tails: Collection[int] = ()) -> dict[int, np.ndarray]:
@@ -288,7 +285,7 @@ class BatchEngine:
             x = x.astype(np.float32, copy=False)
             st.pending = np.concatenate([st.pending, x]) if len(st.pending) else x
             if slot not in tails:
-                st.owed += len(x)
+                st.align.owed += len(x)
         slots = np.asarray([k for k in chunks if len(self._slots[k].pending) >= s], np.intp)
         outs: dict[int, np.ndarray] = {k: np.zeros(0, np.float32) for k in chunks}
         if not len(slots):
@@ -302,7 +299,7 @@ class BatchEngine:
             st.pending = st.pending[c * s:]
         raw = self._rounds(slots, counts, hops)
         for j, k in enumerate(slots):
-            outs[int(k)] = self._aligned(self._slots[int(k)], raw[j, :counts[j]].reshape(-1))
+            outs[int(k)] = self._slots[int(k)].align(raw[j, :counts[j]].reshape(-1))
         return outs
 
     def _rounds(self, slots: np.ndarray, counts: np.ndarray, hops: np.ndarray) -> np.ndarray:
@@ -329,15 +326,6 @@ class BatchEngine:
             raw[sel, r] = acc[:, :s]
             self.ticks.append(len(rows))
         return raw
-
-    @staticmethod
-    def _aligned(st: _Slot, y: np.ndarray) -> np.ndarray:
-        if st.to_drop:
-            cut = min(st.to_drop, len(y))
-            y, st.to_drop = y[cut:], st.to_drop - cut
-        y = y[:st.owed]
-        st.owed -= len(y)
-        return y
 
     def flush(self, slot: int) -> np.ndarray:
         """The output of every input sample of one stream not yet returned (total out == total in); closes it."""

@@ -245,6 +245,27 @@ class StreamingDenoiser:
         self._family.reset()
 
 
+class Aligner:
+    """One stream's delay compensation: the model's first ``latency`` output samples are dropped, and no more
+    output is returned than input was given (``owed``), so that a flush ends at the input's length."""
+
+    __slots__ = ("to_drop", "owed")
+
+    def __init__(self, latency: int):
+        self.to_drop = latency
+        self.owed = 0
+        """Input samples given whose output has not been returned yet."""
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        """The aligned part of the model's next output samples ``y``."""
+        if self.to_drop:
+            cut = min(self.to_drop, len(y))
+            y, self.to_drop = y[cut:], self.to_drop - cut
+        y = y[: self.owed]
+        self.owed -= len(y)
+        return y
+
+
 class AlignedStream:
     """A delay-compensated stream: output sample ``k`` belongs to input sample ``k``.
 
@@ -256,9 +277,7 @@ class AlignedStream:
 
     def __init__(self, bundle: Bundle | str | os.PathLike[str], options: Options | None = None):
         self._den = StreamingDenoiser(bundle, options)
-        self._to_drop = self._den.latency_samples
-        self._pending = 0
-        """Input samples given whose output has not been returned yet."""
+        self._align = Aligner(self._den.latency_samples)
 
     @property
     def bundle(self) -> Bundle:
@@ -277,31 +296,22 @@ class AlignedStream:
         """The model's delay, already compensated here (the wall-clock delay of ``process``)."""
         return self._den.latency_samples
 
-    def _aligned(self, y: np.ndarray) -> np.ndarray:
-        if self._to_drop:
-            cut = min(self._to_drop, len(y))
-            y, self._to_drop = y[cut:], self._to_drop - cut
-        y = y[: self._pending]
-        self._pending -= len(y)
-        return y
-
     def process(self, x: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
         """Feed mono float audio in [-1, 1]; return the aligned float32 output samples now ready."""
         y = self._den.process(x, sample_rate)
-        self._pending += len(x)
-        return self._aligned(y)
+        self._align.owed += len(x)
+        return self._align(y)
 
     def flush(self) -> np.ndarray:
         """The output of every input sample not yet returned (total out == total in), then reset."""
-        y = self._aligned(self._den.flush())
+        y = self._align(self._den.flush())
         self.reset()
         return y
 
     def reset(self) -> None:
         """Start a new stream: states, buffers and the delay to drop."""
         self._den.reset()
-        self._to_drop = self._den.latency_samples
-        self._pending = 0
+        self._align = Aligner(self._den.latency_samples)
 
 
 def denoise(audio: np.ndarray, bundle: Bundle | str | os.PathLike[str], options: Options | None = None,

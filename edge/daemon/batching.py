@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..audio import float_to_pcm16, pcm16_to_float
+from ..audio import float_to_pcm16, pcm16_chunk
 from ..batch import BatchEngine
 from ..bundle import Bundle
 from ..options import Options
@@ -116,11 +116,7 @@ class BatchWorker:
         """A future of the s16le output for ``data`` (s16le; an odd trailing byte waits for the next chunk)."""
         if self._closed:
             raise RuntimeError("the batch worker is closed")
-        if stream.odd:
-            data, stream.odd = stream.odd + data, b""
-        if len(data) % 2:
-            data, stream.odd = data[:-1], data[-1:]
-        x = pcm16_to_float(data)
+        x, stream.odd = pcm16_chunk(data, stream.odd)
         stream.samples_in += len(x)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()

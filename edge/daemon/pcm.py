@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from ..audio import float_to_pcm16, pcm16_to_float
+from ..audio import float_to_pcm16, pcm16_chunk
 from ..bundle import Bundle
 from ..options import Options
 from ..stream import AlignedStream
@@ -48,11 +48,7 @@ class PcmStream:
     def feed(self, data: bytes) -> bytes:
         """PCM in (any byte count: an odd trailing byte waits for the next call) -> the PCM now ready."""
         t0 = time.perf_counter()
-        if self._odd:
-            data, self._odd = self._odd + data, b""
-        if len(data) % 2:
-            data, self._odd = data[:-1], data[-1:]
-        x = pcm16_to_float(data)
+        x, self._odd = pcm16_chunk(data, self._odd)
         self.samples_in += len(x)
         out = self._emit(self.den.process(x))
         self.compute_s += time.perf_counter() - t0
