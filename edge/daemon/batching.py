@@ -29,6 +29,9 @@ from .scheduler import PIECE_BLOCKS, settle
 
 WAIT_ABOVE = 4
 """Open streams up to which a tick never waits for others (the core has room: waiting only adds latency)."""
+RESERVE_S = 0.006
+"""Of a chunk's duration (its deadline), what is kept for the ticks ahead of it and its own; a tick waits at
+most a quarter of the rest (0.5 ms for 8 ms chunks, 1 ms for 10 ms, 2 ms from 14 ms; at most --batch-wait)."""
 RECENT_TICKS = 2048
 """Ticks kept for the status figures (rows and compute per tick)."""
 
@@ -121,22 +124,23 @@ class BatchWorker:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._feeds[stream] = _Feed(stream, x, fut)
-        self._schedule(loop)
+        self._schedule(loop, (len(x) / stream.rate - RESERVE_S) / 4)
         return fut
 
     def _open_streams(self) -> int:
         return sum(e.open_streams for es in self._engines.values() for e in es)
 
-    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _schedule(self, loop: asyncio.AbstractEventLoop, wait: float = 0.0) -> None:
         """A tick at once when every open stream has audio waiting, or few are open, or no wait is set; else
-        after ``wait``."""
+        after ``wait`` seconds (at most ``self.wait``) from the first chunk that waits."""
         open_streams = self._open_streams()
-        now = not self.wait or open_streams <= WAIT_ABOVE or len(self._feeds) >= open_streams
+        wait = min(wait, self.wait)
+        now = wait <= 0 or open_streams <= WAIT_ABOVE or len(self._feeds) >= open_streams
         if self._scheduled is not None:
             if not now or not isinstance(self._scheduled, asyncio.TimerHandle):
                 return
             self._scheduled.cancel()
-        self._scheduled = loop.call_soon(self._tick) if now else loop.call_later(self.wait, self._tick)
+        self._scheduled = loop.call_soon(self._tick) if now else loop.call_later(wait, self._tick)
 
     def finish(self, stream: BatchedStream) -> asyncio.Future:
         """A future of the rest of the stream's output (total out == total in); the slot is then free. The
