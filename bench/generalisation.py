@@ -29,7 +29,7 @@ from common import REPO, SHARED, WORK, skip, write_result
 
 import edge
 from edge.audio import read_audio, to_mono_rate
-from edge.evaluate import _pairs, evaluate, scores
+from edge.evaluate import evaluate, pairs, scores
 from edge.options import Options
 
 METRICS = ("pesq_wb", "stoi", "si_sdr")
@@ -81,7 +81,7 @@ def paired(a: list[dict], b: list[dict], metric: str, resamples: int = 10000, se
 def score_model(bundle, sets: dict[str, Path], clean_files: list[Path], labels: dict) -> dict:
     out = {"bundle": bundle.name, "sha256": bundle.sha256, "quantization": bundle.quantization}
     for label, root in sets.items():
-        r = evaluate(bundle, Options(), _pairs(str(root / "clean"), str(root / "noisy")))
+        r = evaluate(bundle, Options(), pairs(str(root / "clean"), str(root / "noisy")))
         rows = [{k: v for k, v in row.items() if not k.startswith("gain_")} for row in r["per_file"]]
         out[label] = {"means": {k: v for k, v in r["means"].items() if not k.startswith("gain_")},
                       "per_file": rows}
