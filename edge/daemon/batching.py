@@ -3,9 +3,10 @@
 Each tick gathers every connection with received audio waiting, gives each at most ``PIECE_BLOCKS``
 hops of it, and runs them through the engine of their bundle as one batch per round
 (``edge.batch.BatchEngine``: round r is hop r of every stream that has one); it scatters the outputs
-back and answers each chunk whose audio is all done. No stream waits for others to have audio: a tick
-runs what is there, and audio that arrives during a tick goes into the next one, so a chunk waits at
-most one tick. Opening, flushing and closing a stream happen on the same thread, between ticks.
+back and answers each chunk whose audio is all done. A tick starts a little after the first chunk that
+waits (``--batch-wait``, at most a quarter of what that chunk's deadline leaves; at once when every open
+stream has audio, or few streams are open), then runs what is there; audio that arrives during a tick
+goes into the next one. Opening a stream, and the zeros that flush its end, happen on the same thread.
 
 Used by ``serve`` for bundles whose manifest has a ``streams`` section (``python -m convert.streams``),
 unless ``--batch off``; other bundles go through the per-stream workers (``scheduler``).
@@ -37,8 +38,8 @@ RECENT_TICKS = 2048
 
 
 class BatchedStream:
-    """One connection's stream: its engine slot and the figures a ``PcmStream`` has. Only the inference
-    thread touches the engine; the event loop reads the counters."""
+    """One connection's stream: its engine slot and the figures a ``PcmStream`` has (all on the loop's
+    thread)."""
 
     def __init__(self, engine: BatchEngine, slot: int):
         self.engine = engine
@@ -101,7 +102,7 @@ class BatchWorker:
 
     # -- what sessions call (on the loop) -------------------------------------------------------------------------
     def _now(self, fn: Callable[[], Any]) -> asyncio.Future:
-        """A future of ``fn()``, run now (opening, flushing: one stream, a few hops)."""
+        """A future of ``fn()``, run now (opening a stream)."""
         fut = asyncio.get_running_loop().create_future()
         if self._closed:
             raise RuntimeError("the batch worker is closed")
@@ -158,7 +159,8 @@ class BatchWorker:
         return fut
 
     def release(self, stream: BatchedStream, job: asyncio.Future | None) -> None:
-        """Give the stream's slot back (its waiting audio, if any, is dropped)."""
+        """Give the stream's slot back (its waiting audio, if any, is dropped). ``job`` (the ``StreamWorkers``
+        interface) does not matter here: nothing of the stream runs off the loop's thread."""
         self._feeds.pop(stream, None)
         self._close(stream)
 
