@@ -61,3 +61,48 @@ def test_shipped_int8_runs_int8_through_every_fully_connected(path):
         for op in fcs:
             for t in list(op["inputs"][:2]) + list(op["outputs"]):
                 assert details[t]["dtype"] == np.int8, (sub["file"], details[t]["name"], details[t]["dtype"])
+
+
+WITH_TBLOCK = [p for p in BUNDLES if "batched" in json.loads((p / "manifest.json").read_text())]
+WITH_STREAMS = [p for p in BUNDLES if "streams" in json.loads((p / "manifest.json").read_text())]
+
+
+@pytest.mark.parametrize("path", WITH_TBLOCK, ids=[f"{p.parent.name}/{p.name}" for p in WITH_TBLOCK])
+def test_shipped_tblock_graphs_match_the_per_block_path(path):
+    """Runtime-only installs run the T-block path of the shipped bundles that carry it: same samples as the
+    per-block path within what their verification recorded."""
+    import dataclasses
+
+    bundle = edge.load_bundle(runs_here(path))
+    x, _ = sf.read(EXAMPLE, dtype="float32")
+    tb, pb = edge.denoise(x, bundle), edge.denoise(x, dataclasses.replace(bundle, batched=None))
+    v = bundle.manifest["batched"]["verification"]
+    err = float(np.max(np.abs(tb - pb)))
+    snr = 10 * np.log10(np.sum(pb.astype(np.float64) ** 2) / max(np.sum((tb - pb).astype(np.float64) ** 2), 1e-30))
+    assert err <= max(v["max_abs_error"] * 2, 1e-6) or snr >= v["tolerance_snr_db"], (err, snr)
+
+
+@pytest.mark.parametrize("path", WITH_STREAMS, ids=[f"{p.parent.name}/{p.name}" for p in WITH_STREAMS])
+def test_shipped_batch_graphs_run_streams_as_alone(path):
+    """Three streams of the example, started at different offsets, through one engine of the shipped batch
+    graphs: each within what the bundle's streams verification recorded of it run alone."""
+    from edge.batch import BatchEngine
+
+    bundle = edge.load_bundle(runs_here(path))
+    x, _ = sf.read(EXAMPLE, dtype="float32")
+    xs = [x, x[4000:], x[:20000]]
+    eng = BatchEngine(bundle, capacity=8)
+    slots = [eng.open() for _ in xs]
+    got = {s: [] for s in slots}
+    for pos in range(0, len(x), 640):
+        for s, y in eng.process({s: a[pos:pos + 640] for s, a in zip(slots, xs, strict=True) if pos < len(a)}).items():
+            got[s].append(y)
+    v = bundle.manifest["streams"]["verification"]
+    for s, a in zip(slots, xs, strict=True):
+        y, want = np.concatenate(got[s] + [eng.flush(s)]), edge.denoise(a, bundle)
+        assert y.shape == want.shape
+        err = float(np.max(np.abs(y - want)))
+        snr = 10 * np.log10(np.sum(want.astype(np.float64) ** 2) / max(np.sum((y - want).astype(np.float64) ** 2),
+                                                                        1e-30))
+        assert err <= max(v["max_abs_error"] * 2, 1e-6) or snr >= v["tolerance_snr_db"], (err, snr)
+    assert eng.open_streams == 0
