@@ -117,7 +117,7 @@ def register(sub) -> None:
                    help="per-stream inference threads (default: the CPU cores this process may use)")
     p.add_argument("--batch", choices=BATCH_MODES, default="auto",
                    help="run the streams of a bundle with batch-axis graphs (python -m convert.streams) as one "
-                        "batch per tick on one inference thread: auto = when the bundle has them, on = the bundle "
+                        "batch per tick on the event loop's thread: auto = when the bundle has them, on = the bundle "
                         "must have them, off = one interpreter per stream on the --workers threads "
                         "(default: auto)")
     p.add_argument("--batch-wait", type=_positive(float, "--batch-wait"), default=2.0, metavar="MS",

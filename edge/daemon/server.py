@@ -1,4 +1,4 @@
-"""The daemon process: listeners, connection limits, signals, the inference threads and model reloads."""
+"""The daemon process: listeners, connection limits, signals, what runs the streams, and model reloads."""
 
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ def batchable(bundle: Bundle) -> bool:
 
 
 class Server:
-    """The daemon: listeners, a shared bundle, inference threads (per-stream workers and, for bundles with
-    batch-axis graphs, one batch worker), per-connection sessions."""
+    """The daemon: listeners, a shared bundle, per-connection sessions, and what runs their streams:
+    per-stream worker threads, or for bundles with batch-axis graphs batched ticks on the event loop."""
 
     def __init__(self, bundle: Bundle, options: Options, endpoints: list[Endpoint], controls: list[Endpoint],
                  limits: Limits, token: str | None = None, workers: int = 1, socket_mode: int = 0o660,
@@ -147,7 +147,7 @@ class Server:
             b = self.bundle
             log.info("serving on %s (control %s); model %s sha256 %s, %s, pid %d",
                      ", ".join(str(e) for e in self.endpoints), ", ".join(map(str, self.controls)) or "none",
-                     b.name, b.sha256[:12], "streams batched on one inference thread" if self.batched(b)
+                     b.name, b.sha256[:12], "streams batched on the event loop" if self.batched(b)
                      else f"{self.workers} per-stream workers", os.getpid())
             sweeper = asyncio.create_task(self._sweep())
             stdio = [ep for ep in self.endpoints if ep.scheme == "stdio"]
