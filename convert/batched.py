@@ -23,8 +23,8 @@ import numpy as np
 import edge
 from edge.tblock import SECTION
 
-from .errors import ConvertError, VerificationError
-from .upgrade import batched_mode, convert_graphs, example_audio, read_manifest, upgrade, weights_for
+from .errors import ConvertError
+from .upgrade import batched_mode, convert_graphs, example_audio, read_manifest, run_upgrade, upgrade, weights_for
 
 DEFAULT_FRAMES = 32
 
@@ -86,24 +86,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="speech to verify on (default: the example recordings in examples/)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the bundle path")
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from .quiet import import_tensorflow
 
-    import_tensorflow()
-    from . import data
+    def add(say) -> edge.Bundle:
+        from . import data
 
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    try:
         rate = edge.load_bundle(args.bundle).sample_rate
         audio = data.load_files(args.verify_audio, rate) if args.verify_audio else None
         names = [os.path.basename(f) for f in args.verify_audio] if args.verify_audio else None
-        b = add_to_bundle(args.bundle, args.weights, args.frames, audio, names, say)
-    except VerificationError as exc:
-        print(f"python -m convert.batched: verification failed: {exc}", file=sys.stderr)
-        return 1
-    except (ConvertError, edge.EdgeError) as exc:
-        print(f"python -m convert.batched: error: {exc}", file=sys.stderr)
-        return 2
+        return add_to_bundle(args.bundle, args.weights, args.frames, audio, names, say)
+
+    b = run_upgrade("python -m convert.batched", args.quiet, add)
+    if isinstance(b, int):
+        return b
     v = b.manifest["batched"]["verification"]
     print(b.path if args.quiet else f"{b.path}: T-block submodels over {args.frames} hops added; vs per-block: "
           f"max abs {v['max_abs_error']:.3g}, SNR {v['snr_db']:.1f} dB ({v['seconds_to_convert']:.0f} s)")

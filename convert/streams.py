@@ -14,7 +14,6 @@ Re-runnable; on failure the bundle stays as it was.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
@@ -22,10 +21,10 @@ import numpy as np
 import edge
 from edge.batch import SECTION
 
-from .errors import ConvertError, VerificationError
+from .errors import ConvertError
 from .families import NAMES, family
 from .modes import BATCHED, mode
-from .upgrade import convert_graphs, example_audio, read_manifest, upgrade, weights_for
+from .upgrade import convert_graphs, example_audio, read_manifest, run_upgrade, upgrade, weights_for
 
 DEFAULT_BATCH = 256
 """Most streams one engine takes from resizable graphs."""
@@ -113,19 +112,10 @@ def main(argv: list[str] | None = None) -> int:
                         "runtime resizes to the streams a call has")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the bundle path")
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from .quiet import import_tensorflow
-
-    import_tensorflow()
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    try:
-        b = add_to_bundle(args.bundle, args.weights, args.batch, None, say, args.fixed)
-    except VerificationError as exc:
-        print(f"python -m convert.streams: verification failed: {exc}", file=sys.stderr)
-        return 1
-    except (ConvertError, edge.EdgeError) as exc:
-        print(f"python -m convert.streams: error: {exc}", file=sys.stderr)
-        return 2
+    b = run_upgrade("python -m convert.streams", args.quiet,
+                    lambda say: add_to_bundle(args.bundle, args.weights, args.batch, None, say, args.fixed))
+    if isinstance(b, int):
+        return b
     sec = b.manifest["streams"]
     v = sec["verification"]
     kind = f"resizable (up to {sec['batch']} streams)" if sec["resizable"] else f"{sec['batch']}-stream"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -128,3 +129,23 @@ def example_audio(rate: int) -> list[np.ndarray]:
     if not files:
         raise ConvertError("no verification audio: pass --verify-audio FILE (speech at any rate)")
     return data.load_files(files, rate)
+
+
+def run_upgrade(prog: str, quiet: bool, add: Callable[[Callable[[str], None]], edge.Bundle]) -> edge.Bundle | int:
+    """What ``python -m convert.batched`` and ``convert.streams`` share: TensorFlow imported quietly, progress
+    to stderr unless ``quiet``, then ``add(say)``; the upgraded bundle, or the exit status after one line on
+    stderr (1: verification failed, 2: any other error)."""
+    from .errors import VerificationError
+    from .quiet import import_tensorflow
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import_tensorflow()
+    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        return add(say)
+    except VerificationError as exc:
+        print(f"{prog}: verification failed: {exc}", file=sys.stderr)
+        return 1
+    except (ConvertError, edge.EdgeError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
