@@ -84,14 +84,20 @@ def pcm16_to_float(data: bytes) -> np.ndarray:
     return np.frombuffer(data, "<i2").astype(np.float32) / np.float32(32768.0)
 
 
-def pcm16_chunk(data: bytes, held: bytes) -> tuple[np.ndarray, bytes]:
-    """One chunk of an s16le stream -> (its float32 samples, the byte to hold for the next chunk): ``held``
-    (the odd byte the last chunk ended in) goes first, and an odd trailing byte waits."""
+def pcm16_even(data: bytes, held: bytes) -> tuple[bytes, bytes]:
+    """One chunk of an s16le stream -> (its whole samples' bytes, the byte to hold for the next chunk):
+    ``held`` (the odd byte the last chunk ended in) goes first, and an odd trailing byte waits."""
     if held:
         data = held + data
     if len(data) % 2:
-        return pcm16_to_float(data[:-1]), data[-1:]
-    return pcm16_to_float(data), b""
+        return data[:-1], data[-1:]
+    return data, b""
+
+
+def pcm16_chunk(data: bytes, held: bytes) -> tuple[np.ndarray, bytes]:
+    """``pcm16_even``, its samples as float32."""
+    data, held = pcm16_even(data, held)
+    return pcm16_to_float(data), held
 
 
 def float_to_pcm16(y: np.ndarray) -> bytes:

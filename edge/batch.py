@@ -6,7 +6,7 @@ one, each row a stream with its own state rows. Two kinds:
 
 - ``"resizable": true``: the graphs' batch axis is dynamic; the manifest lists them at batch 1 and
   ``batch`` is the most streams one engine takes. The engine resizes a copy of each graph to the
-  batch a call needs (a few sizes: 1, 2, 4, 8, 16, then steps of 16 to 64 and of 32 above), made on
+  batch a call needs (a few sizes: 1, 2, 4, 8, then steps of 8 to 64, of 16 to 128 and of 32 above), made on
   first use and kept, so a call costs about what its ready streams cost.
 - fixed: the graphs take exactly ``batch`` rows; idle rows are padding.
 
@@ -22,8 +22,9 @@ Not thread-safe: one engine per thread, like an interpreter.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, replace
-from typing import Any, Collection, Mapping
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -37,6 +38,8 @@ from .submodel import _quantizer
 from .tblock import _same_tensor
 
 SECTION = "streams"
+RECENT_CALLS = 4096
+"""Batch calls whose row counts an engine keeps (``BatchEngine.ticks``)."""
 
 
 @dataclass(frozen=True)
@@ -88,13 +91,14 @@ def parse_streams(bundle: Bundle) -> StreamsSpec:
 
 
 def batch_size(rows: int, capacity: int) -> int:
-    """The graph batch a call with ``rows`` ready streams runs at (resizable graphs): 1, 2, 4, 8, 16, then
-    multiples of 16 up to 64 and of 32 above, at most ``capacity``. Few sizes (each one an interpreter),
-    little padding (at most 1/3 of a call's rows above 16)."""
-    if rows <= 16:
+    """The graph batch a call with ``rows`` ready streams runs at (resizable graphs): 1, 2, 4, 8, then
+    multiples of 8 up to 64, of 16 up to 128 and of 32 above, at most ``capacity``. Few sizes (each one an
+    interpreter, ~2 MB for DTLN), little padding: a padded row costs what a stream does (the model's time is
+    linear in the batch from 16 rows), so the steps are finest where a daemon's calls usually are."""
+    if rows <= 8:
         size = 1 << max(0, rows - 1).bit_length()
     else:
-        step = 16 if rows <= 64 else 32
+        step = 8 if rows <= 64 else 16 if rows <= 128 else 32
         size = -(-rows // step) * step
     return min(size, capacity)
 
@@ -214,8 +218,8 @@ class BatchEngine:
         self._inbuf = np.zeros((cap, self._n))
         self._outbuf = np.zeros((cap, self._n))
         self._slots: dict[int, _Slot] = {}
-        self.ticks: list[int] = []
-        """Rows of every batch call so far (for status figures: batch sizes)."""
+        self.ticks: deque[int] = deque(maxlen=RECENT_CALLS)
+        """Rows of the recent batch calls (status figures; bounded: a daemon runs for months)."""
 
     @property
     def bundle(self) -> Bundle:
@@ -278,7 +282,50 @@ class BatchEngine:
         hops = -(-(st.align.to_drop + st.align.owed) // self._s)
         return max(0, hops * self._s - len(st.pending))
 
-    def _feed(self, chunks: Mapping[int, np.ndarray], tails: Collection[int] = ()) -> dict[int, np.ndarray]:
+    def steady(self, slot: int) -> bool:
+        """Whether ``slot`` can take ``process_steady`` rows: no input samples wait for a hop and the model's
+        delay is already dropped from its output (true for every stream after its first chunks when it is
+        fed whole hops)."""
+        st = self._slot(slot)
+        return not len(st.pending) and not st.align.to_drop
+
+    def process_steady(self, slots: Sequence[int], x: np.ndarray,
+                       others: Mapping[int, np.ndarray] | None = None,
+                       tails: Collection[int] = ()) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """``process`` with the common case done as arrays: ``x`` (rows, k * block_shift) float32 in [-1, 1]
+        is whole hops for the ``steady`` streams ``slots``, in that order; their output is the same shape,
+        row for row, with no per-stream work. ``others`` (and ``tails``) go as in ``process`` (``checked``),
+        in the same batch calls. Returns (the steady rows' output, the others' outputs)."""
+        s = self._s
+        rows = np.asarray(slots, np.intp)
+        if x.ndim != 2 or x.shape[0] != len(rows) or x.shape[1] % s:
+            raise EdgeError(f"expected ({len(rows)}, k * {s}) samples for {len(rows)} steady streams, "
+                            f"got shape {x.shape}")
+        if len(set(slots)) != len(rows) or (others and not set(slots).isdisjoint(others)):
+            raise EdgeError(f"each stream at most once per call: steady {list(slots)}, others {sorted(others or ())}")
+        for k in slots:  # whole hops in and out, nothing to drop: no per-stream bookkeeping after this check
+            if not self.steady(k):
+                raise EdgeError(f"stream {k} is not steady (samples waiting for a hop, or its delay not yet "
+                                "dropped): give it to process()")
+        k = x.shape[1] // s
+        hops = x.reshape(len(rows), k, s).astype(np.float32, copy=False)
+        if not others:
+            return self._rounds(rows, np.full(len(rows), k), hops).reshape(len(rows), k * s), {}
+        o_slots, o_counts, o_hops = self._gather(others, tails)
+        outs: dict[int, np.ndarray] = {slot: np.zeros(0, np.float32) for slot in others}
+        t = max(k, o_hops.shape[1])
+        allhops = np.zeros((len(rows) + len(o_slots), t, s), np.float32)
+        allhops[:len(rows), :k] = hops
+        allhops[len(rows):, :o_hops.shape[1]] = o_hops
+        raw = self._rounds(np.concatenate([rows, o_slots]),
+                           np.concatenate([np.full(len(rows), k), o_counts]), allhops)
+        self._scatter(o_slots, o_counts, raw[len(rows):], outs)
+        return raw[:len(rows), :k].reshape(len(rows), k * s), outs
+
+    def _gather(self, chunks: Mapping[int, np.ndarray],
+                tails: Collection[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Append each chunk to its stream's waiting samples; take the whole hops: (slots that have one,
+        hops each, (slots, most hops, block_shift) samples)."""
         s = self._s
         for slot, x in chunks.items():
             st = self._slot(slot)
@@ -287,28 +334,37 @@ class BatchEngine:
             if slot not in tails:
                 st.align.owed += len(x)
         slots = np.asarray([k for k in chunks if len(self._slots[k].pending) >= s], np.intp)
-        outs: dict[int, np.ndarray] = {k: np.zeros(0, np.float32) for k in chunks}
-        if not len(slots):
-            return outs
-        counts = np.asarray([len(self._slots[k].pending) // s for k in slots])
-        hops = np.zeros((len(slots), int(counts.max()), s), np.float32)
+        counts = np.asarray([len(self._slots[k].pending) // s for k in slots], np.intp)
+        hops = np.zeros((len(slots), int(counts.max()) if len(slots) else 0, s), np.float32)
         for j, k in enumerate(slots):
             st = self._slots[int(k)]
             c = counts[j]
             hops[j, :c] = st.pending[:c * s].reshape(c, s)
             st.pending = st.pending[c * s:]
-        raw = self._rounds(slots, counts, hops)
+        return slots, counts, hops
+
+    def _scatter(self, slots: np.ndarray, counts: np.ndarray, raw: np.ndarray, outs: dict[int, np.ndarray]) -> None:
+        """Each stream's aligned output from its rows of ``raw``."""
         for j, k in enumerate(slots):
             outs[int(k)] = self._slots[int(k)].align(raw[j, :counts[j]].reshape(-1))
+
+    def _feed(self, chunks: Mapping[int, np.ndarray], tails: Collection[int] = ()) -> dict[int, np.ndarray]:
+        slots, counts, hops = self._gather(chunks, tails)
+        outs: dict[int, np.ndarray] = {k: np.zeros(0, np.float32) for k in chunks}
+        if len(slots):
+            self._scatter(slots, counts, self._rounds(slots, counts, hops), outs)
         return outs
 
     def _rounds(self, slots: np.ndarray, counts: np.ndarray, hops: np.ndarray) -> np.ndarray:
         """Round r: hop r of every stream that has one, as one batch. Returns the raw output hops likewise."""
         n, s = self._n, self._s
         raw = np.zeros(hops.shape, np.float32)
+        every = int(counts.min()) if len(counts) else 0
         for r in range(hops.shape[1]):
-            sel = np.flatnonzero(counts > r)
+            sel = slice(None) if r < every else np.flatnonzero(counts > r)  # every stream has hop r: no gather
             rows = slots[sel]
+            if not len(rows):
+                continue
             for runner in self._runners.values():
                 runner.ready = rows
             frames = self._inbuf[rows]

@@ -167,15 +167,15 @@ def test_resizable_graphs_run_every_batch_size_and_match_each_stream_alone(resiz
         assert y.shape == xs[k].shape
         assert float(np.max(np.abs(y - alone(b, xs[k])))) <= TOL, f"stream {k}"
     assert max(eng.ticks) == n and min(eng.ticks) == 1
-    assert {1, 2, 4, 8, 16, 32, 48} <= set(eng.sizes) <= {1, 2, 4, 8, 16, 32, 48}
+    assert {1, 2, 4, 8, 16, 24, 32, 40} <= set(eng.sizes) <= {1, 2, 4, 8, 16, 24, 32, 40}
     assert eng.open_streams == 0
 
 
 def test_batch_sizes_and_capacity(resizable_bundle, streams_bundle):
     sizes = [batch_size(k, 256) for k in range(1, 257)]
-    assert sizes[:17] == [1, 2, 4, 4, 8, 8, 8, 8] + [16] * 8 + [32]
+    assert sizes[:17] == [1, 2, 4, 4, 8, 8, 8, 8] + [16] * 8 + [24]
     assert all(k <= z for k, z in zip(range(1, 257), sizes, strict=True))
-    assert sorted(set(sizes)) == [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 224, 256]
+    assert sorted(set(sizes)) == [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256]
     assert batch_size(100, 100) == 100
     with pytest.raises(EdgeError, match="1 to 64 streams"):
         BatchEngine(edge.load_bundle(resizable_bundle), capacity=65)

@@ -120,11 +120,11 @@ def register(sub) -> None:
                         "batch per tick on the event loop's thread: auto = when the bundle has them, on = the bundle "
                         "must have them, off = one interpreter per stream on the --workers threads "
                         "(default: auto)")
-    p.add_argument("--batch-wait", type=_positive(float, "--batch-wait"), default=2.0, metavar="MS",
+    p.add_argument("--batch-wait", type=_positive(float, "--batch-wait"), default=1.0, metavar="MS",
                    help="batched: milliseconds a tick may wait for more streams' audio once a chunk arrived, at "
                         "most a quarter of that chunk's duration less 6 ms (it runs at once when every stream has "
                         "audio, or when 4 streams or fewer are open); more streams share each model call, each "
-                        "chunk's answer comes up to this much later; at most one hop; 0 = run at once (default: 2)")
+                        "chunk's answer comes up to this much later; at most one hop; 0 = run at once (default: 1)")
     p.add_argument("--socket-mode", type=_octal, default=0o660,
                    help="permissions of unix sockets, octal (default: 660)")
     p.add_argument("--socket-group", default=None, metavar="GROUP",

@@ -110,15 +110,14 @@ class Session:
 
     # -- I/O ----------------------------------------------------------------------------------------------------
     async def send(self, *parts: bytes) -> None:
-        n = 0
-        for p in parts:
-            if p:
-                self.writer.write(p)
-                n += len(p)
-        self.bytes_out += n
-        self.server.totals["bytes_out"] += n
-        # Backpressure: while the client has not read its answers we do not read its next message.
-        await self.wait("drain", self.writer.drain(), self.limits.idle_timeout, "stalled")
+        data = b"".join(parts)  # one write: one send() for a header and its audio
+        self.writer.write(data)
+        self.bytes_out += len(data)
+        self.server.totals["bytes_out"] += len(data)
+        # Backpressure: while the client has not read its answers we do not read its next message. When the
+        # kernel took every byte there is nothing to wait for (a closed connection shows at the next read).
+        if self.writer.transport.get_write_buffer_size() or self.writer.transport.is_closing():
+            await self.wait("drain", self.writer.drain(), self.limits.idle_timeout, "stalled")
 
     async def read_header(self) -> bytes:
         """One header line: idle_timeout for its first byte, then header_timeout for the whole line."""
