@@ -20,9 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"model family of the weights: dtln, or poconet (our causal U-Net; default: {FAMILIES[0]})")
     p.add_argument("--weights", metavar="FILE", default=None,
                    help="weights (.h5; dtln: published or ours; poconet: written by python -m convert.train "
-                        "--family poconet; default: the shipped weights, pretrained_model/dtln-16k/ or "
-                        "poconet-16k/; for dtln --quantize int8 the shipped dtln-16k-int8/, fine-tuned for full "
-                        "integer; the command says which file it converts)")
+                        "--family poconet; default: the shipped weights, pretrained_model/dtln-finetuned/ (the "
+                        "default model) or poconet-16k/; for dtln --quantize int8 the shipped dtln-16k-int8/, "
+                        "fine-tuned for full integer; the command says which file it converts)")
     p.add_argument("--quantize", choices=MODES, default="none",
                    help="none = float32 (the reference); float16; dynamic = int8 weights; int8 = full integer; "
                         "int16x8 = int16 activations, int8 weights (default: none)")

@@ -13,7 +13,7 @@ from typing import Any
 from .bundle import MANIFEST, runtime_listed
 from .errors import BundleError
 
-DEFAULT_BUNDLES = ("pretrained_model/dtln-published/float32",)
+DEFAULT_BUNDLES = ("pretrained_model/dtln-finetuned/float32",)
 """Bundles the runtime wheel carries as package data (``edge/_bundles/``), paths from the checkout root;
 the first one found is the default model. ``setup.py`` reads this tuple (as text) at build time."""
 

@@ -25,7 +25,7 @@ from edge.daemon import Client, DaemonError, parse_uri
 from .conftest import REPO
 from .daemon_util import CLI, RATE, free_port, offline, pcm, start_servers, stream
 
-DEFAULT_BUNDLE = "pretrained_model/dtln-published/float32"
+DEFAULT_BUNDLE = "pretrained_model/dtln-finetuned/float32"
 """The default bundle the units tell users to copy (the lead ships it on main)."""
 
 

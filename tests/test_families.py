@@ -87,7 +87,8 @@ def test_default_weights_are_said_not_chosen_silently(tmp_path, capsys):
     assert "fine-tuned for full int8" in err and "exists; pass --force" in err
     assert main(["--quantize", "dynamic", "--output", str(taken), *audio]) == 2
     err = capsys.readouterr().err
-    assert "dtln-16k/dtln_weights.h5" in err and "int8" not in err.split("exists")[0]
+    assert "dtln-finetuned/dtln_weights.h5" in err and "the default model's weights" in err
+    assert "int8" not in err.split("exists")[0]
     assert main(["--quantize", "int8", "--output", str(taken), "-q", *audio]) == 2
     assert "no --weights" not in capsys.readouterr().err  # -q: the bundle path only (here: the error only)
 

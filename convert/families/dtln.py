@@ -280,12 +280,14 @@ def plan(weights: DTLNWeights, quantize: Mode, source: str, opts: StreamOptions 
 
 
 def default_weights(quantize: str) -> DefaultWeights:
-    """The shipped DTLN for full int8 is the one fine-tuned for it (its model card says why there are two)."""
+    """The default model's weights (``dtln-finetuned``: the best DTLN we have); for full int8 the one
+    fine-tuned for it (the default's full int8 is refused, its model card says why)."""
     if quantize == "int8":
         return DefaultWeights(PRETRAINED / "dtln-16k-int8" / "dtln_weights.h5",
-                              "fine-tuned for full int8 with --qat; the other modes convert "
-                              "pretrained_model/dtln-16k/dtln_weights.h5")
-    return DefaultWeights(PRETRAINED / "dtln-16k" / "dtln_weights.h5")
+                              "fine-tuned for full int8 with --qat; the other modes convert the default "
+                              "model's pretrained_model/dtln-finetuned/dtln_weights.h5")
+    return DefaultWeights(PRETRAINED / "dtln-finetuned" / "dtln_weights.h5",
+                          "the default model's weights: the published DTLN fine-tuned on our data, averaged with it")
 
 
 def owns_file(path: str) -> bool:
