@@ -1,7 +1,7 @@
 """Daemon capacity: real-time 16 kHz streams one core sustains with no deadline miss, and the latency it adds.
 
 One `edge-denoise serve` process pinned to one core (`--workers 1`; `--batch auto`: a bundle with batch-axis
-graphs runs its streams as one batch per tick on one inference thread); the clients, in this process on
+graphs runs its streams as one batch per tick on the event loop's thread); the clients, in this process on
 another core, are asyncio streams that each send `--chunk-ms` (default one block shift, 8 ms) of audio per
 that time on a unix socket and wait for its answer. A chunk misses its deadline when its answer comes back
 later than the chunk's own duration after it was sent (the stream then falls behind real time), or when the server
@@ -9,8 +9,10 @@ counts a miss (its processing took longer than the audio). N streams = 1, 2, 4, 
 misses, then a bisection; the result is the largest N with no miss. The latency the daemon adds beyond
 the model's own algorithmic delay (block_len - block_shift) is the chunk round trip: sent -> its
 denoised block back, p50/p99 after warm-up. `--streams N ...` runs those counts instead of the search.
-Server RSS is read from /proc half-way through each trial, every stream open; `--rss A B` reports
-(RSS with B streams - RSS with A) / (B - A) per added stream.
+Server RSS is read from /proc half-way through each trial, every stream open; `--rss A B` runs A, then B
+streams on a fresh server after the search (so its memory is that of the load it serves, not of the search's
+highest) and reports (RSS with B streams - RSS with A) / (B - A) per added stream. The clients' own CPU share
+is recorded too: near a full core their delays would enter the round trips.
 
     python bench/daemon_streams.py [--model DIR] [--seconds 5] [--max-streams 96]   # -> results/daemon.json
     python bench/daemon_streams.py --model pretrained_model/dtln-published/dynamic --streams 1 100 150 \
@@ -61,6 +63,16 @@ def start_server(model: str, sock: str, core: int, log: Path, nice: int, fifo: i
             raise SystemExit(f"serve did not start: {log.read_text()[-1000:]}")
         time.sleep(0.1)
     return proc
+
+
+def stop(proc: subprocess.Popen, tmp: Path) -> None:
+    """SIGTERM the server; it must exit 0."""
+    if proc.poll() is not None and proc.returncode == 0:
+        return
+    proc.terminate()
+    rc = proc.wait(30)
+    if rc != 0:
+        raise SystemExit(f"serve exited with {rc} on SIGTERM: {(tmp / 'serve.log').read_text()[-1000:]}")
 
 
 async def status(sock: str) -> dict:
@@ -259,13 +271,17 @@ def main() -> int:
                     good = mid
                 else:
                     bad = mid
-        for n in args.rss or []:
-            run(n)
+        rss_trials: dict[int, dict] = {}
+        if args.rss:  # a fresh server: its memory after A, then B streams, not after the search's peak load
+            stop(proc, tmp)
+            proc = start_server(model, sock, server_core, tmp / "serve.log", args.nice, args.fifo, args.batch,
+                                args.batch_wait)
+            for n in args.rss:
+                rss_trials[n] = asyncio.run(trial(sock, n, pcm, chunk, rate, args.warmup, proc.pid, args.spread))
+                print(f"{n:4d} streams, fresh server: RSS {rss_trials[n]['server_rss_mb']:.1f} MB", file=sys.stderr,
+                      flush=True)
     finally:
-        proc.terminate()
-        rc = proc.wait(30)
-    if rc != 0:
-        raise SystemExit(f"serve exited with {rc} on SIGTERM: {(tmp / 'serve.log').read_text()[-1000:]}")
+        stop(proc, tmp)
     first = min(trials)
     one = trials[first]["round_trip_ms"]
     best = trials.get(good, {}).get("round_trip_ms") if good else None
@@ -283,7 +299,7 @@ def main() -> int:
                   "median": best["p99"], "min": best["p99"], "max": best["p99"], "n": trials[good]["chunks"]}]
     per_stream_rss = None
     if args.rss:
-        a, b = (trials[k]["server_rss_mb"] for k in args.rss)
+        a, b = (rss_trials[k]["server_rss_mb"] for k in args.rss)
         per_stream_rss = round((b - a) / (args.rss[1] - args.rss[0]), 4)
         rows.append({"what": f"server RSS per added stream ({args.rss[0]} -> {args.rss[1]} streams open)",
                      "unit": "MB", "median": per_stream_rss, "min": per_stream_rss, "max": per_stream_rss, "n": 1})
@@ -306,7 +322,8 @@ def main() -> int:
                      "model_latency_ms": lat_ms},
         "streams_per_core": good, "first_failing": bad, "rss_mb_per_stream": per_stream_rss,
         "added_latency_ms": {f"{first}_stream": one, f"{good}_streams": best},
-        "trials": [trials[k] for k in sorted(trials)], "rows": rows, "goals": [],
+        "trials": [trials[k] for k in sorted(trials)],
+        "rss_trials": [{"streams": k, **rss_trials[k]} for k in sorted(rss_trials)], "rows": rows, "goals": [],
         "notes": [f"Latency the daemon adds on top of the model's own {lat_ms:.0f} ms algorithmic delay: the round "
                   f"trip of one {1e3 * chunk / rate:g} ms chunk (client write -> server read, denoise in an inference "
                   "thread, write -> client read), measured by the clients.",

@@ -7,7 +7,8 @@ one, each row a stream with its own state rows. Two kinds:
 - ``"resizable": true``: the graphs' batch axis is dynamic; the manifest lists them at batch 1 and
   ``batch`` is the most streams one engine takes. The engine resizes a copy of each graph to the
   batch a call needs (a few sizes: 1, 2, 4, 8, then steps of 8 to 64, of 16 to 128 and of 32 above), made on
-  first use and kept, so a call costs about what its ready streams cost.
+  first use and dropped when unused for ``IDLE_SIZE_S``, so a call costs about what its ready streams cost
+  and the memory follows the load.
 - fixed: the graphs take exactly ``batch`` rows; idle rows are padding.
 
 ``BatchEngine`` owns those interpreters (one copy of the packed weights per size) for up to its
@@ -22,6 +23,8 @@ Not thread-safe: one engine per thread, like an interpreter.
 
 from __future__ import annotations
 
+import ctypes
+import time
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Collection, Mapping, Sequence
@@ -40,6 +43,9 @@ from .tblock import _same_tensor
 SECTION = "streams"
 RECENT_CALLS = 4096
 """Batch calls whose row counts an engine keeps (``BatchEngine.ticks``)."""
+IDLE_SIZE_S = 30.0
+"""An interpreter of a batch size no call has used for this long is dropped (~2 MB each for DTLN): a
+daemon's memory follows the load it serves now, not the highest it ever saw."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,8 @@ class _BatchRunner:
         self._bundle, self._spec, self._options = bundle, spec, options
         self._capacity, self._resizable = capacity, resizable
         self._sized: dict[int, _Sized] = {}
+        self._used: dict[int, float] = {}
+        """Batch size -> when a call last ran at it (``time.monotonic``)."""
         self._q_in, _ = _quantizer(spec.input(spec.data_input))
         _, self._dq_out = _quantizer(spec.output(spec.data_output))
         self.states = []
@@ -132,13 +140,14 @@ class _BatchRunner:
                 raise BundleError(f"{bundle.path}/{spec.file}: state {s_in} -> {s_out} changes quantisation; "
                                   "batch graphs are made for float-activation modes only")
             self.states.append(_quantizer(tin)[0](np.zeros((capacity, *tin.shape[1:]), np.float32)))
-        self._get(1 if resizable else capacity)  # load and check the graph now, not at the first hop
+        self._first = 1 if resizable else capacity
+        self._get(self._first)  # load and check the graph now, not at the first hop
         self.ready: np.ndarray = np.zeros(0, np.intp)
         """Slots whose rows the next ``frames`` call carries, in row order."""
 
     @property
     def sizes(self) -> list[int]:
-        """The batch sizes with an interpreter made so far."""
+        """The batch sizes with an interpreter now (made on first use, dropped after ``IDLE_SIZE_S`` unused)."""
         return sorted(self._sized)
 
     def _get(self, size: int) -> _Sized:
@@ -159,6 +168,13 @@ class _BatchRunner:
         sized = self._sized[size] = _Sized(it, index, spec, size)
         return sized
 
+    def drop_idle(self, now: float) -> int:
+        """Drop the interpreters of sizes unused for ``IDLE_SIZE_S`` (the first one made stays); how many went."""
+        idle = [size for size, when in self._used.items() if now - when > IDLE_SIZE_S and size != self._first]
+        for size in idle:
+            del self._sized[size], self._used[size]
+        return len(idle)
+
     def reset_slot(self, slot: int) -> None:
         for s in self.states:
             s[slot] = 0
@@ -167,7 +183,9 @@ class _BatchRunner:
         """``x``: (1, rows, ...) for the slots in ``ready``; returns the outputs likewise."""
         rows = self.ready
         k = len(rows)
-        sz = self._get(batch_size(k, self._capacity) if self._resizable else self._capacity)
+        size = batch_size(k, self._capacity) if self._resizable else self._capacity
+        sz = self._get(size)
+        self._used[size] = time.monotonic()
         it = sz.it
         sz.x[:k] = x.reshape(k, *sz.x.shape[1:])
         sz.x[k:] = 0.0
@@ -180,6 +198,15 @@ class _BatchRunner:
             st[rows] = it.get_tensor(o)[:k]
         out = self._dq_out(it.get_tensor(sz.data_out)[:k])
         return out.reshape(1, k, *out.shape[2:])
+
+
+def _give_back_memory() -> None:
+    """Hand freed heap pages back to the system (glibc keeps them, so RSS would not fall after interpreters
+    go); elsewhere nothing to do."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError, TypeError):
+        pass
 
 
 class _Slot:
@@ -218,6 +245,7 @@ class BatchEngine:
         self._inbuf = np.zeros((cap, self._n))
         self._outbuf = np.zeros((cap, self._n))
         self._slots: dict[int, _Slot] = {}
+        self._swept = time.monotonic()
         self.ticks: deque[int] = deque(maxlen=RECENT_CALLS)
         """Rows of the recent batch calls (status figures; bounded: a daemon runs for months)."""
 
@@ -235,7 +263,7 @@ class BatchEngine:
 
     @property
     def sizes(self) -> list[int]:
-        """Batch sizes with interpreters made so far (the first submodel's)."""
+        """Batch sizes with an interpreter now (the first submodel's)."""
         return next(iter(self._runners.values())).sizes
 
     @property
@@ -381,7 +409,18 @@ class BatchEngine:
             self._outbuf[rows] = acc
             raw[sel, r] = acc[:, :s]
             self.ticks.append(len(rows))
+        now = time.monotonic()
+        if now - self._swept > 1.0:
+            self.drop_idle_sizes(now)
         return raw
+
+    def drop_idle_sizes(self, now: float | None = None) -> None:
+        """Drop the interpreters of batch sizes no call used for ``IDLE_SIZE_S`` seconds before ``now``
+        (default: now); calls do this themselves about once a second."""
+        now = time.monotonic() if now is None else now
+        self._swept = now
+        if sum(runner.drop_idle(now) for runner in self._runners.values()):
+            _give_back_memory()
 
     def flush(self, slot: int) -> np.ndarray:
         """The output of every input sample of one stream not yet returned (total out == total in); closes it."""

@@ -6,11 +6,13 @@ Runtime only (the committed ``small-batched`` bundle): runs on every install, em
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 import edge
-from edge.batch import RECENT_CALLS, BatchEngine
+from edge.batch import IDLE_SIZE_S, RECENT_CALLS, BatchEngine
 from edge.errors import EdgeError
 
 from .conftest import noise_audio
@@ -99,3 +101,22 @@ def test_recent_batch_calls_are_bounded(batched_bundle):
     slot = eng.open()
     eng.process({slot: np.zeros(b.block_shift * (RECENT_CALLS + 10), np.float32)})
     assert len(eng.ticks) == RECENT_CALLS and set(eng.ticks) == {1}
+
+
+def test_interpreters_of_sizes_no_call_used_for_a_while_are_dropped(batched_bundle):
+    """The memory follows the load: a size unused for IDLE_SIZE_S goes, and is made again when needed."""
+    b = edge.load_bundle(batched_bundle)
+    eng = BatchEngine(b)
+    xs = [noise_audio(0.3, seed=60 + k) for k in range(20)]
+    slots = [eng.open() for _ in xs]
+    first = eng.process({s: x[:1000] for s, x in zip(slots, xs, strict=True)})
+    assert 24 in eng.sizes
+    eng.drop_idle_sizes(time.monotonic() + IDLE_SIZE_S / 2)
+    assert 24 in eng.sizes  # used recently
+    eng.drop_idle_sizes(time.monotonic() + IDLE_SIZE_S + 1)
+    assert eng.sizes == [1]  # the first interpreter (made and checked at load) stays
+    rest = eng.process({s: x[1000:] for s, x in zip(slots, xs, strict=True)})
+    assert 24 in eng.sizes
+    for s, x in zip(slots, xs, strict=True):
+        y = np.concatenate([first[s], rest[s], eng.flush(s)])
+        assert float(np.max(np.abs(y - edge.denoise(x, b)))) <= TOL
