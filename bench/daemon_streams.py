@@ -325,8 +325,8 @@ def main() -> int:
         "trials": [trials[k] for k in sorted(trials)],
         "rss_trials": [{"streams": k, **rss_trials[k]} for k in sorted(rss_trials)], "rows": rows, "goals": [],
         "notes": [f"Latency the daemon adds on top of the model's own {lat_ms:.0f} ms algorithmic delay: the round "
-                  f"trip of one {1e3 * chunk / rate:g} ms chunk (client write -> server read, denoise in an inference "
-                  "thread, write -> client read), measured by the clients.",
+                  f"trip of one {1e3 * chunk / rate:g} ms chunk (client write -> server read, denoise, write -> client "
+                  "read), measured by the clients.",
                   f"A trial passes with zero misses: no answer later than its chunk's {1e3 * chunk / rate:g} ms, no "
                   "chunk sent behind "
                   "the real-time schedule, no server-counted miss, after the first second of each stream. A stream "

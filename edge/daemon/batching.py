@@ -137,8 +137,7 @@ class BatchWorker:
         after ``wait`` seconds (at most ``self.wait``) from the first chunk that waits."""
         open_streams = self._open_streams()
         wait = min(wait, self.wait)
-        now = (wait <= 0 or open_streams <= WAIT_ABOVE
-               or len(self._feeds) >= open_streams)
+        now = wait <= 0 or open_streams <= WAIT_ABOVE or len(self._feeds) >= open_streams
         if self._scheduled is not None:
             if not now or not isinstance(self._scheduled, asyncio.TimerHandle):
                 return
