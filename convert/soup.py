@@ -31,6 +31,7 @@ def soup(weights: list, mix: list[float]):
         shapes = {n: [a.shape for a in ws] for n, ws in w.arrays.items()}
         if shapes != {n: [a.shape for a in ws] for n, ws in first.arrays.items()}:
             raise ConvertError(f"checkpoint {k} has other layers or shapes than the first")
+
     def mean(name: str, i: int) -> np.ndarray:
         return sum(np.float64(m) * w.arrays[name][i].astype(np.float64) for m, w in zip(mix, weights, strict=True))
 

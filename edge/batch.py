@@ -318,12 +318,13 @@ class BatchEngine:
         return not len(st.pending) and not st.align.to_drop
 
     def process_steady(self, slots: Sequence[int], x: np.ndarray,
-                       others: Mapping[int, np.ndarray] | None = None,
-                       tails: Collection[int] = ()) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+                       others: Mapping[int, np.ndarray] | None = None, tails: Collection[int] = (),
+                       checked: bool = False) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """``process`` with the common case done as arrays: ``x`` (rows, k * block_shift) float32 in [-1, 1]
         is whole hops for the ``steady`` streams ``slots``, in that order; their output is the same shape,
         row for row, with no per-stream work. ``others`` (and ``tails``) go as in ``process`` (``checked``),
-        in the same batch calls. Returns (the steady rows' output, the others' outputs)."""
+        in the same batch calls. Returns (the steady rows' output, the others' outputs). ``checked``: the caller
+        has just asked ``steady`` of each of ``slots`` (the daemon's ticks), so it is not asked again."""
         s = self._s
         rows = np.asarray(slots, np.intp)
         if x.ndim != 2 or x.shape[0] != len(rows) or x.shape[1] % s:
@@ -331,7 +332,7 @@ class BatchEngine:
                             f"got shape {x.shape}")
         if len(set(slots)) != len(rows) or (others and not set(slots).isdisjoint(others)):
             raise EdgeError(f"each stream at most once per call: steady {list(slots)}, others {sorted(others or ())}")
-        for k in slots:  # whole hops in and out, nothing to drop: no per-stream bookkeeping after this check
+        for k in () if checked else slots:  # whole hops in and out, nothing to drop: no per-stream bookkeeping
             if not self.steady(k):
                 raise EdgeError(f"stream {k} is not steady (samples waiting for a hop, or its delay not yet "
                                 "dropped): give it to process()")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..audio import float_to_pcm16, pcm16_even, pcm16_to_float, to_int16
+from ..audio import float_to_pcm16, pcm16_even, pcm16_to_float
 from ..batch import BatchEngine
 from ..bundle import Bundle
 from ..options import Options
@@ -277,14 +277,12 @@ class BatchWorker:
             tails = {f.stream.slot for f in group if f.tail}
         else:
             others, tails = None, ()
-        if steady:
-            pcm = b"".join([f.data if f.pos == 0 and len(f.data) == size else f.data[f.pos:f.pos + size]
-                            for f in steady])
-            x = np.frombuffer(pcm, "<i2").reshape(len(steady), size // 2).astype(np.float32) / np.float32(32768.0)
+        if steady:  # a whole-chunk slice of bytes is the chunk itself, not a copy
+            x = pcm16_to_float(b"".join([f.data[f.pos:f.pos + size] for f in steady])).reshape(len(steady), size // 2)
         else:
             x = np.zeros((0, 0), np.float32)
-        y, outs = eng.process_steady([f.stream.slot for f in steady], x, others, tails)
-        out = to_int16(y).astype("<i2", copy=False).tobytes()
+        y, outs = eng.process_steady([f.stream.slot for f in steady], x, others, tails, checked=True)
+        out = float_to_pcm16(y)
         for j, f in enumerate(steady):
             f.outs.append(out[j * size:(j + 1) * size])
             f.pos += size
