@@ -126,6 +126,54 @@ class MixConfig:
     """Speed perturbation of the speech: each clean window is resampled by a factor drawn uniformly
     from 1 +- this (tempo and pitch together, as in Kaldi's speed perturbation); 0 leaves it as
     recorded and draws nothing from the random stream."""
+    reverb_prob: float = 0.0
+    """Share of mixes whose speech is played in a simulated room (``rooms``): the mixture gets the
+    reverberant speech, the target keeps the direct path and the first ``EARLY_S`` of reflections. 0 draws
+    nothing from the random stream and builds no rooms."""
+    rooms: int = 128
+    """Rooms simulated once per ``Mixer`` (seeded) when ``reverb_prob`` is on; each mix draws one."""
+
+
+EARLY_S = 0.05
+"""Reflections up to this long after the direct path belong to the reverberation target (the DNS
+challenge's convention): the model removes late reverberation and keeps what sounds like the talker."""
+
+
+def room_impulse_responses(rng: np.random.Generator, count: int, rt60_s: tuple[float, float] = (0.2, 0.6),
+                           rate: int = RATE) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` (full, early) impulse-response pairs of shoebox rooms simulated by the image-source method
+    (pyroomacoustics): 3-10 x 3-8 x 2.5-3.5 m, RT60 by Sabine's formula drawn from ``rt60_s`` (the simulated
+    rooms measure longer), talker and microphone at least 0.5 m from every wall.
+
+    Both start pyroomacoustics' fractional-delay half-width before the direct path (the propagation delay
+    removed), so the target lines up with the speech in the mixture; ``early`` is ``full`` cut ``EARLY_S``
+    after the direct path. Scaled so the direct path has unit peak."""
+    try:
+        import pyroomacoustics as pra
+    except ImportError as e:
+        raise ConvertError("reverberation (--reverb) simulates rooms with pyroomacoustics: "
+                           "pip install pyroomacoustics") from e
+
+    lead = pra.constants.get("frac_delay_length") // 2
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    while len(out) < count:
+        dims = np.array([rng.uniform(3, 10), rng.uniform(3, 8), rng.uniform(2.5, 3.5)])
+        rt60 = rng.uniform(*rt60_s)
+        talker, mic = (rng.uniform(0.5, dims - 0.5) for _ in range(2))
+        try:
+            absorption, order = pra.inverse_sabine(rt60, dims)
+        except ValueError:  # a room too large for so short an RT60: draw another
+            continue
+        room = pra.ShoeBox(dims, fs=rate, materials=pra.Material(absorption), max_order=order)
+        room.add_source(talker)
+        room.add_microphone(mic)
+        room.compute_rir()
+        rir = np.asarray(room.rir[0][0], np.float64)
+        direct = int(round(np.linalg.norm(talker - mic) / pra.constants.get("c") * rate)) + lead
+        full = rir[max(direct - lead, 0):]
+        full = full / max(float(np.max(np.abs(full[:2 * lead + 1]))), 1e-9)
+        out.append((full.astype(np.float32), full[:lead + int(EARLY_S * rate)].astype(np.float32)))
+    return out
 
 
 class Mixer:
@@ -141,6 +189,8 @@ class Mixer:
         self.seed = seed
         lens = np.array([len(s) for s in self.speech], np.float64)
         self._p_speech = lens / lens.sum()
+        self.rooms = (room_impulse_responses(np.random.default_rng([seed, 0x2EE7B]), cfg.rooms)
+                      if cfg.reverb_prob else [])
 
     def _window(self, rng, pool: list[np.ndarray], n: int, p=None) -> np.ndarray:
         x = pool[rng.choice(len(pool), p=p)]
@@ -182,15 +232,22 @@ class Mixer:
         rng = np.random.default_rng([self.seed, index])
         n = self.cfg.segment
         clean = self._speech(rng, n)
+        speech = clean
+        if self.cfg.reverb_prob and rng.random() < self.cfg.reverb_prob:
+            from scipy.signal import fftconvolve
+
+            full, early = self.rooms[int(rng.integers(len(self.rooms)))]
+            speech = fftconvolve(clean, full)[:n]
+            clean = fftconvolve(clean, early)[:n]
         noise = self._noise(rng, n)
         if rng.random() < self.cfg.second_noise_prob:
             noise = noise + self._noise(rng, n) * 10 ** (-rng.uniform(0, 10) / 20)
             noise /= _rms(noise)
-        level = 10 ** (rng.uniform(*self.cfg.level_dbfs) / 20)
-        clean = clean * (level / _rms(clean))
-        snr = rng.uniform(*self.cfg.snr_db)
+        gain = 10 ** (rng.uniform(*self.cfg.level_dbfs) / 20) / _rms(clean)
+        clean, speech = clean * gain, speech * gain
+        snr = rng.uniform(*self.cfg.snr_db)  # against the target, as without reverberation
         noise = noise * (_rms(clean) / 10 ** (snr / 20))
-        noisy = clean + noise
+        noisy = speech + noise
         peak = float(np.max(np.abs(noisy)))
         if peak > 0.99:
             clean, noisy = clean * (0.99 / peak), noisy * (0.99 / peak)

@@ -118,9 +118,12 @@ def train(tc: TrainConfig, state: dict | None = None) -> int:
     speech, noise, dev = _data(tc, log)
     select = load_pairs(tc.dev_dir, arch.block_len, arch.block_shift) if tc.dev_dir else None
     run = Run(tc, fam, arch, init, state, log)
+    t0 = time.monotonic()
     mixer = Mixer(speech, noise, MixConfig(segment=run.seg, speech_highpass_hz=tc.speech_highpass,
                                            babble_prob=tc.babble, noise_eq_db=tc.noise_eq, speed=tc.speed,
-                                           snr_db=tuple(tc.snr)), seed=tc.seed)
+                                           reverb_prob=tc.reverb, snr_db=tuple(tc.snr)), seed=tc.seed)
+    if mixer.rooms:
+        log(event="rooms", count=len(mixer.rooms), seconds=round(time.monotonic() - t0, 1))
     run.fit(mixer, dev, select)
     return 0
 

@@ -56,6 +56,8 @@ class TrainConfig:
     noise_eq: float = 0.0
     """dB; 0 = off."""
     speed: float = 0.0
+    reverb: float = 0.0
+    """Share of training mixes in simulated rooms; 0 = off."""
     snr: tuple[float, float] = (-5.0, 25.0)
     """dB, low and high."""
     dev_dir: str | None = None
@@ -73,6 +75,8 @@ class TrainConfig:
             raise ConvertError(f"--noise-eq {self.noise_eq}: a gain range in dB, 0 or more")
         if not 0 <= self.speed < 0.5:
             raise ConvertError(f"--speed {self.speed}: a relative range from 0 to 0.5")
+        if not 0 <= self.reverb <= 1:
+            raise ConvertError(f"--reverb {self.reverb}: a share of mixes, from 0 to 1")
         if len(self.snr) != 2 or self.snr[0] > self.snr[1]:
             raise ConvertError(f"--snr {' '.join(f'{v:g}' for v in self.snr)}: LOW above HIGH")
 
@@ -154,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "are unchanged (default: 0, off)")
     p.add_argument("--speed", type=float, metavar="R",
                    help="speed perturbation of the training speech by a factor in 1 +- R (default: 0, off)")
+    p.add_argument("--reverb", type=float, metavar="P",
+                   help="share of training mixes whose speech is played in a simulated room (128 shoebox "
+                        "rooms, RT60 0.2-0.6 s by Sabine, pyroomacoustics); the target keeps the direct path and "
+                        "50 ms of early reflections; dev mixes are unchanged (default: 0, off)")
     p.add_argument("--snr", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help=f"input SNR range of the training mixes in dB (default: {d.snr[0]:g} {d.snr[1]:g})")
     p.add_argument("--dev-dir", metavar="DIR",

@@ -199,13 +199,15 @@ def test_speech_highpass_is_recorded_and_kept_on_resume(tiny_data, tmp_path, cap
     assert main(["--out", str(tmp_path / "neg"), "--data", str(tiny_data), "--speech-highpass", "-1"]) == 2
 
 
-def test_babble_and_noise_eq_are_recorded_and_bad_values_refused(tiny_data, tmp_path, capsys):
+def test_babble_noise_eq_and_reverb_are_recorded_and_bad_values_refused(tiny_data, tmp_path, capsys):
     from convert.train import main
 
-    _train(tiny_data, tmp_path / "b", "--epochs", "1", "--babble", "0.3", "--noise-eq", "6")
+    _train(tiny_data, tmp_path / "b", "--epochs", "1", "--babble", "0.3", "--noise-eq", "6", "--reverb", "0.5")
     config = json.loads((tmp_path / "b" / "state.json").read_text())["config"]
-    assert config["babble"] == 0.3 and config["noise_eq"] == 6
-    for bad in (["--babble", "1.5"], ["--babble", "-0.1"], ["--noise-eq", "-3"]):
+    assert config["babble"] == 0.3 and config["noise_eq"] == 6 and config["reverb"] == 0.5
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["count"] for r in log if r.get("event") == "rooms"] == [128]
+    for bad in (["--babble", "1.5"], ["--babble", "-0.1"], ["--noise-eq", "-3"], ["--reverb", "1.5"]):
         assert main(["--out", str(tmp_path / "bad"), "--data", str(tiny_data), *bad]) == 2
         assert bad[0] in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # refused before anything was written
@@ -238,6 +240,34 @@ def test_lr_given_on_resume_replaces_the_runs_schedule(tiny_data, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "l" / "log.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in log if r["event"] == "resume"] == [pytest.approx(1e-3), pytest.approx(2e-4)]
     assert json.loads((tmp_path / "l" / "state.json").read_text())["lr"] == pytest.approx(2e-4)
+
+
+def test_reverb_off_leaves_mixes_and_on_keeps_only_early_reflections_in_the_target():
+    speech = [np.zeros(16000, np.float32)]
+    speech[0][4000] = 1.0  # one click: the mix shows the room's response itself
+    noise = [np.random.default_rng(6).standard_normal(30000).astype(np.float32)]
+    old = Mixer(speech, noise, MixConfig(segment=16000), seed=2)
+    off = Mixer(speech, noise, MixConfig(segment=16000, reverb_prob=0.0), seed=2)
+    assert off.rooms == []
+    for i in range(10):
+        np.testing.assert_array_equal(old.mix(i)[0], off.mix(i)[0])
+
+    cfg = MixConfig(segment=16000, reverb_prob=1.0, rooms=4, snr_db=(90.0, 90.0), second_noise_prob=0.0)
+    on = Mixer(speech, noise, cfg, seed=2)
+    assert len(on.rooms) == 4
+    early_len = len(on.rooms[0][1])
+    assert early_len == 40 + 800  # pyroomacoustics' filter half-width + 50 ms at 16 kHz
+    tails = []
+    for i in range(4):
+        noisy, clean = on.mix(i)
+        peak = int(np.argmax(np.abs(clean)))
+        assert 4000 <= peak <= 4000 + 40  # the direct path, with the propagation delay removed
+        assert np.max(np.abs(clean[4000 + early_len:])) < 1e-6 * abs(clean[peak])  # the late tail is not target
+        late = noisy[4000 + early_len:] - clean[4000 + early_len:]
+        tails.append(_rms_db(late) - _rms_db(clean))
+        # the early part of the mixture is the target (noise is 90 dB down)
+        np.testing.assert_allclose(noisy[4000:4000 + early_len], clean[4000:4000 + early_len], atol=1e-3 * peak)
+    assert min(tails) > -40 and max(tails) - min(tails) > 1  # every room reverberates, each its own way
 
 
 def test_speed_perturbation_off_leaves_mixes_and_on_changes_tempo():
