@@ -24,7 +24,16 @@ import edge
 from edge.tblock import SECTION
 
 from .errors import ConvertError
-from .upgrade import batched_mode, convert_graphs, example_audio, read_manifest, run_upgrade, upgrade, weights_for
+from .upgrade import (
+    batched_mode,
+    convert_graphs,
+    example_audio,
+    float_layers_of,
+    read_manifest,
+    run_upgrade,
+    upgrade,
+    weights_for,
+)
 
 DEFAULT_FRAMES = 32
 
@@ -58,7 +67,7 @@ def add_to_bundle(folder: str, weights_path: str, frames: int = DEFAULT_FRAMES, 
     def make(work: str) -> dict:
         pairs = fam.tblock_models(weights, m, frames)
         return {"frames": frames, "submodels": convert_graphs(pairs, md, work, f"_t{frames}",
-                                                              f"over {frames} hops", say)}
+                                                              f"over {frames} hops", say, float_layers_of(m))}
 
     def check(bundle: edge.Bundle) -> dict:
         say("verifying the T-block path against the per-block path")

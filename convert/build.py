@@ -117,7 +117,8 @@ def _convert_into(fam: Family, plan: Plan, weights, m: Mode, folder: str, name: 
         stub = stub_bundle(weights, [io for _, io in plan.pairs], plan.family_options, family=fam.name,
                            window=plan.window, arrays=plan.arrays)
         records = calibration(stub, plan.pairs, job.calib_audio or job.verify_audio, job.calib_blocks)
-    submodels, ops = _write_submodels(plan, m, folder, records, job.progress)
+    float_layers = fam.float_layers if m.float_activations_int8_weights else ()
+    submodels, ops = _write_submodels(plan, m, folder, records, job.progress, float_layers)
     arrays = _write_arrays(plan.arrays, folder)
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "family": fam.name,
@@ -127,7 +128,8 @@ def _convert_into(fam: Family, plan: Plan, weights, m: Mode, folder: str, name: 
         **({"arrays": arrays} if arrays else {}),
         "runtimes": m.runtimes_for(ops),
         "model": plan.model,
-        "converter_options": {**plan.converter_options, "calibration": "closed-loop" if records is not None else None},
+        "converter_options": {**plan.converter_options, "calibration": "closed-loop" if records is not None else None,
+                              **({"float_layers": list(float_layers)} if float_layers else {})},
         "producer": {"tool": "python -m convert", **_versions()},
     }
     _write_manifest(folder, manifest)
@@ -148,14 +150,14 @@ def _add_to_verified(folder: str, bundle: Bundle, job: Conversion) -> Bundle:
 
 
 def _write_submodels(plan: Plan, m: Mode, folder: str, records: dict | None, progress: Progress,
-                     ) -> tuple[list[dict], set[str]]:
+                     float_layers: tuple[str, ...] = ()) -> tuple[list[dict], set[str]]:
     """Each streaming graph as ``NAME.tflite``: its manifest entries and every op the bundle holds."""
     submodels = []
     ops_all: set[str] = set()
     for model, io in plan.pairs:
         progress.say(f"converting {io.name} ({m.name})")
         calib = (lambda recs=records[io.name]: iter(recs)) if records is not None else None
-        content = to_tflite(model, io.inputs, m, calib)
+        content = to_tflite(model, io.inputs, m, calib, float_layers)
         fname = f"{io.name}.tflite"
         entry = submodel_entry(io, content, fname)
         ops_all |= set(entry["ops"])

@@ -33,13 +33,32 @@ def quiet():
 
 
 def to_tflite(model, inputs: Iterable[tuple[str, tuple[int, ...]]], quantize: str | Mode,
-              calibration: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None) -> bytes:
+              calibration: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+              float_layers: Iterable[str] = ()) -> bytes:
     """Convert one streaming submodel as the mode's table entry says (``convert.modes``); ``calibration``
-    yields dicts keyed by signature input name (integer modes need it)."""
-    import tensorflow as tf
-
+    yields dicts keyed by signature input name (integer modes need it). In a weight-quantised mode with
+    float activations (dynamic), the weights of the Keras layers named in ``float_layers`` stay float32
+    (``keep_float_weights``)."""
     m = mode(quantize)
     inputs = list(inputs)
+    content = _convert(model, inputs, m, calibration)
+    present = set(_layer_names(model))
+    layers = tuple(n for n in float_layers if n in present)  # a submodel holds some of a family's layers
+    if layers and m.float_activations_int8_weights:
+        content = keep_float_weights(content, _convert(model, inputs, mode("none"), None), layers)
+    return content
+
+
+def _layer_names(layer) -> Iterable[str]:
+    for sub in getattr(layer, "layers", ()):
+        yield sub.name
+        yield from _layer_names(sub)
+
+
+def _convert(model, inputs: list[tuple[str, tuple[int, ...]]], m: Mode,
+             calibration: Callable[[], Iterable[dict[str, np.ndarray]]] | None) -> bytes:
+    import tensorflow as tf
+
     with quiet():
         import tempfile
 
@@ -76,6 +95,40 @@ def to_tflite(model, inputs: Iterable[tuple[str, tuple[int, ...]]], quantize: st
             return conv.convert()
         finally:
             tmp.cleanup()
+
+
+def keep_float_weights(quantised: bytes, float32: bytes, layers: Iterable[str]) -> bytes:
+    """``quantised`` with the int8 weights of ``layers`` replaced by the float32 ones of ``float32``, the same
+    graph converted without quantisation; the ops reading them then compute in float.
+
+    Weights are told by their tensor names, which carry the Keras layer name (``model_1/decoder_1/MatMul``).
+    ConvertError if a layer has no int8 weight, or its float twin is missing or differs in shape.
+    """
+    import re
+
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    def constants(model) -> dict[str, Any]:
+        return {t.name.decode(): t for t in model.subgraphs[0].tensors
+                if t.buffer and model.buffers[t.buffer].data is not None}
+
+    q = flatbuffer_utils.convert_bytearray_to_object(bytearray(quantised))
+    f = flatbuffer_utils.convert_bytearray_to_object(bytearray(float32))
+    twins = constants(f)
+    for layer in layers:
+        pattern = re.compile(rf"/{re.escape(layer)}(_\d+)?/")
+        hits = [(n, t) for n, t in constants(q).items() if pattern.search(n) and t.type == schema.TensorType.INT8]
+        if not hits:
+            raise ConvertError(f"float layer {layer!r}: no int8 weight of that layer in the converted graph")
+        for name, t in hits:
+            twin = twins.get(name)
+            if twin is None or twin.type != schema.TensorType.FLOAT32 or list(twin.shape) != list(t.shape):
+                raise ConvertError(f"float layer {layer!r}: no float32 weight {name} {list(t.shape)} to put back")
+            t.type = schema.TensorType.FLOAT32
+            t.quantization = None
+            q.buffers[t.buffer].data = f.buffers[twin.buffer].data
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(q))
 
 
 def tensor_table(content: bytes) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:

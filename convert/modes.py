@@ -72,6 +72,11 @@ class Mode:
         """Integer activations: ranges come from closed-loop calibration."""
         return self.integer_ops is not None
 
+    @property
+    def float_activations_int8_weights(self) -> bool:
+        """Weights int8, activations float (dynamic): where a family's ``float_layers`` may stay float32."""
+        return self.optimize and not self.float16 and not self.calibrated
+
     def runtimes_for(self, ops: set[str]) -> list[str]:
         """The manifest's ``runtimes`` for a bundle holding ``ops``."""
         if self.calibrated and "LOG" in ops:

@@ -24,7 +24,7 @@ from edge.batch import SECTION
 from .errors import ConvertError
 from .families import NAMES, family
 from .modes import BATCHED, mode
-from .upgrade import convert_graphs, example_audio, read_manifest, run_upgrade, upgrade, weights_for
+from .upgrade import convert_graphs, example_audio, float_layers_of, read_manifest, run_upgrade, upgrade, weights_for
 
 DEFAULT_BATCH = 256
 """Most streams one engine takes from resizable graphs."""
@@ -85,7 +85,8 @@ def add_to_bundle(folder: str, weights_path: str, batch: int | None = None, veri
         pairs = fam.batch_models(weights, m, batch if fixed else None)
         what = f"for {batch} streams" if fixed else "with a resizable batch"
         return {"batch": batch, "resizable": not fixed,
-                "submodels": convert_graphs(pairs, md, work, f"_b{batch}" if fixed else "_bn", what, say)}
+                "submodels": convert_graphs(pairs, md, work, f"_b{batch}" if fixed else "_bn", what, say,
+                                            float_layers_of(m))}
 
     def check(bundle: edge.Bundle) -> dict:
         say("verifying streams in one engine against each alone")

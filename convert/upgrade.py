@@ -59,7 +59,14 @@ def weights_for(m: Mapping, weights_path: str) -> tuple[Family, object]:
     return fam, weights
 
 
-def convert_graphs(pairs: list, md: Mode, work: str, suffix: str, what: str, say) -> list[dict]:
+def float_layers_of(m: dict) -> tuple[str, ...]:
+    """The layers a bundle's per-block graphs kept float32 (manifest ``converter_options.float_layers``): its
+    T-block and batch graphs keep the same, so they compute what the per-block ones do."""
+    return tuple(m.get("converter_options", {}).get("float_layers", ()))
+
+
+def convert_graphs(pairs: list, md: Mode, work: str, suffix: str, what: str, say,
+                   float_layers: tuple[str, ...] = ()) -> list[dict]:
     """Each (keras model, IOSpec) as ``NAME{suffix}.tflite`` in ``work``: their manifest entries."""
     from .build import submodel_entry
     from .export import to_tflite
@@ -67,7 +74,7 @@ def convert_graphs(pairs: list, md: Mode, work: str, suffix: str, what: str, say
     entries = []
     for model, io in pairs:
         say(f"converting {io.name} {what} ({md.name})")
-        content = to_tflite(model, io.inputs, md)
+        content = to_tflite(model, io.inputs, md, float_layers=float_layers)
         fname = f"{io.name}{suffix}.tflite"
         with open(os.path.join(work, fname), "wb") as f:
             f.write(content)

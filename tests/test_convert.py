@@ -20,7 +20,7 @@ import h5py
 
 from convert.__main__ import main
 from convert.build import convert
-from convert.errors import VerificationError
+from convert.errors import ConvertError, VerificationError
 from convert.families.dtln import load_weights, save_weights
 
 
@@ -210,3 +210,42 @@ def test_dtln_budget_counts_the_model(small_bundle):
     assert fig["macs_per_second"] == fig["macs_per_frame"] * 125
     model = edge.load_bundle(small_bundle).manifest["model"]
     assert model["macs_per_second"] == budget(small_weights().config)["macs_per_second"]
+
+
+def _weight_dtypes(path) -> dict[str, np.dtype]:
+    """FULLY_CONNECTED weight tensor name -> dtype, for one .tflite file."""
+    from edge.interpreter import make_interpreter
+
+    it = make_interpreter(open(path, "rb").read())
+    details = {d["index"]: d for d in it.get_tensor_details()}
+    return {details[op["inputs"][1]]["name"]: details[op["inputs"][1]]["dtype"]
+            for op in it._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"}
+
+
+def test_dynamic_keeps_the_time_domain_bases_float_and_t_block_graphs_follow(tmp_path):
+    from convert.batched import add_to_bundle
+    from convert.export import keep_float_weights
+    from convert.families.dtln import FLOAT_LAYERS
+    from convert.families.dtln import save_weights as save
+
+    w = small_weights(seed=5)
+    h5 = tmp_path / "w.h5"
+    save(w, str(h5))
+    folder = tmp_path / "dyn"
+    convert(w, "dynamic", str(folder), verify_audio=[noise_audio()], verify_names=["noise"])
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["converter_options"]["float_layers"] == list(FLOAT_LAYERS) == ["encoder", "decoder"]
+    add_to_bundle(str(folder), str(h5), 4, [noise_audio(1.1, seed=8)], ["noise"])  # raises unless it matches
+    for graph in ("frame.tflite", "frame_t4.tflite"):
+        dtypes = _weight_dtypes(folder / graph)
+        kept = {n: d for n, d in dtypes.items() if "/encoder" in n or "/decoder" in n}
+        assert len(kept) == 2 and all(d == np.float32 for d in kept.values()), (graph, dtypes)
+        rest = [d for n, d in dtypes.items() if n not in kept and "lstm" in n.lower()]
+        assert rest and all(d == np.int8 for d in rest), (graph, dtypes)  # the LSTMs stay int8
+    assert all(d == np.int8 for d in _weight_dtypes(folder / "mask.tflite").values())
+    # float16 has nothing to keep float (and integer modes stay all-integer): no entry
+    convert(w, "float16", str(tmp_path / "f16"), verify_audio=[noise_audio()], verify_names=["noise"])
+    assert "float_layers" not in json.loads((tmp_path / "f16" / "manifest.json").read_text())["converter_options"]
+    frame = (folder / "frame.tflite").read_bytes()
+    with pytest.raises(ConvertError, match="float layer 'dense9': no int8 weight"):
+        keep_float_weights(frame, frame, ["dense9"])

@@ -88,6 +88,9 @@ class Family:
     tblock_models: Callable[[Any, Mapping, int], list] | None = None
     """(weights, bundle manifest, T) -> [(keras model, IOSpec)]: the bundle's submodels over T hops per call,
     same names, states and order as its per-block ones (``convert.batched``); None: the family has none."""
+    float_layers: tuple[str, ...] = ()
+    """Keras layers whose weights stay float32 in the dynamic mode (``convert.export.keep_float_weights``):
+    those whose int8 error the output hears most for what they cost."""
     batch_models: Callable[[Any, Mapping, int | None], list] | None = None
     """(weights, bundle manifest, B) -> [(keras model, IOSpec)]: the bundle's per-block submodels with B
     independent streams per call, states ``[B, ...]``, or B None: a dynamic batch axis the runtime resizes
