@@ -1,14 +1,16 @@
 """Quality on what no model here trained or was tuned on: per set, per input SNR, per noise category, clean in.
 
-    python bench/generalisation.py --gendev DIR --devmix DIR --model NAME=BUNDLE [--model NAME=BUNDLE ...]
-                                   [--reference NAME] [--out generalisation]
+    python bench/generalisation.py --gendev DIR --devmix DIR [--reverberant DIR] --model NAME=BUNDLE
+                                   [--model NAME=BUNDLE ...] [--reference NAME] [--out generalisation]
 
 Scores every bundle with ``edge.evaluate`` (PESQ-WB, STOI, SI-SDR; the same scorer as ``edge-denoise
-eval``) on three sets: VBD-23 (``../shared/data/test/vbd_test``), the generalisation dev set (unseen
-speakers x noise categories absent from training, ``python -m convert.devset --generalisation``; its
-``labels.tsv`` gives each mix's category and SNR) and the fixed dev mixes (``python -m convert.devset``).
+eval``) on VBD-23 (``../shared/data/test/vbd_test``), the generalisation dev set (unseen speakers x noise
+categories absent from training, ``python -m convert.devset --generalisation``; its ``labels.tsv`` gives
+each mix's category and SNR), the fixed dev mixes (``python -m convert.devset``) and, given, the
+reverberant generalisation set (the same mixes in simulated rooms, ``--reverberant``). Scores are cached
+per bundle and set under the bench work folder: adding a model or a set scores only what is new.
 Then, per bundle:
-- means per input SNR and per noise category on the generalisation set, beside the noisy input;
+- means per input SNR and per noise category on the generalisation sets, beside the noisy input;
 - transparency: clean speech in (unseen speakers: speech/dev and VBD-23's clean side), PESQ-WB and
   SI-SDR of the output against the input, both high-passed at 60 Hz;
 - paired comparisons against ``--reference``: mean per-file difference with a 95 % bootstrap interval
@@ -78,18 +80,25 @@ def paired(a: list[dict], b: list[dict], metric: str, resamples: int = 10000, se
             "ahead": int((d > 0).sum()), "of": len(d)}
 
 
-def score_model(bundle, sets: dict[str, Path], clean_files: list[Path], labels: dict) -> dict:
-    out = {"bundle": bundle.name, "sha256": bundle.sha256, "quantization": bundle.quantization}
-    for label, root in sets.items():
-        r = evaluate(bundle, Options(), pairs(str(root / "clean"), str(root / "noisy")))
-        rows = [{k: v for k, v in row.items() if not k.startswith("gain_")} for row in r["per_file"]]
-        out[label] = {"means": {k: v for k, v in r["means"].items() if not k.startswith("gain_")},
-                      "per_file": rows}
-        if label == "gendev" and labels:
-            out[label]["by_snr"] = by_label(rows, labels, "snr_db")
-            out[label]["by_category"] = by_label(rows, labels, "category")
-    out["transparency"] = transparency(bundle, clean_files)
+def score_set(bundle, root: Path, labels: dict) -> dict:
+    """One set's means and per-file scores; with labels (labels.tsv), means per input SNR and category."""
+    r = evaluate(bundle, Options(), pairs(str(root / "clean"), str(root / "noisy")))
+    rows = [{k: v for k, v in row.items() if not k.startswith("gain_")} for row in r["per_file"]]
+    out = {"means": {k: v for k, v in r["means"].items() if not k.startswith("gain_")}, "per_file": rows}
+    if labels:
+        out["by_snr"] = by_label(rows, labels, "snr_db")
+        out["by_category"] = by_label(rows, labels, "category")
     return out
+
+
+def cached(path: Path, make):
+    """``make()``, kept in ``path`` between runs: adding a model or a set scores only what is new."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+    return value
 
 
 def markdown(res: dict, ref: str) -> str:
@@ -142,34 +151,37 @@ def main() -> int:
     p.add_argument("--model", action="append", required=True, metavar="NAME=BUNDLE")
     p.add_argument("--gendev", metavar="DIR", help="python -m convert.devset --generalisation output")
     p.add_argument("--devmix", metavar="DIR", help="python -m convert.devset output")
+    p.add_argument("--reverberant", metavar="DIR",
+                   help="python -m convert.devset --generalisation ESC50_DIR --reverberant output")
     p.add_argument("--reference", default=None, help="model NAME the others are paired against (default: first)")
     p.add_argument("--out", default="generalisation", help="result name under bench/results/")
     args = p.parse_args()
     data = SHARED / "data"
     sets = {"vbd23": data / "test" / "vbd_test"}
-    sets.update({k: Path(v) for k, v in (("gendev", args.gendev), ("devmix", args.devmix)) if v})
+    sets.update({k: Path(v) for k, v in (("gendev", args.gendev), ("devmix", args.devmix),
+                                         ("reverberant", args.reverberant)) if v})
     for label, root in sets.items():
         if not (root / "clean").is_dir():
             skip(f"{label}: no clean/ under {root}")
-    labels = {}
-    if args.gendev and (Path(args.gendev) / "labels.tsv").is_file():
-        with open(Path(args.gendev) / "labels.tsv") as f:
-            labels = {r["file"]: r for r in csv.DictReader(f, delimiter="\t")}
+    labels: dict[str, dict] = {}
+    for label in ("gendev", "reverberant"):
+        if label in sets and (sets[label] / "labels.tsv").is_file():
+            with open(sets[label] / "labels.tsv") as f:
+                labels[label] = {r["file"]: r for r in csv.DictReader(f, delimiter="\t")}
     clean_files = sorted((data / "speech" / "dev").rglob("*.flac")) + sorted((sets["vbd23"] / "clean").glob("*.wav"))
     models = dict(m.split("=", 1) for m in args.model)
     ref = args.reference or next(iter(models))
     res = {"sets": list(sets), "reference": ref, "scored": {}}
     for name, path in models.items():
         bundle = edge.load_bundle(REPO / path)
-        # scores of a bundle on the same sets are kept between runs: adding a model re-scores only it
-        cache = WORK / "generalisation" / f"{output_key(bundle)}-{'-'.join(sets)}.json"
-        if cache.is_file():
-            res["scored"][name] = {**json.loads(cache.read_text()), "bundle": bundle.name, "sha256": bundle.sha256}
-            continue
-        print(f"scoring {name} ({path})", flush=True)
-        res["scored"][name] = score_model(bundle, sets, clean_files, labels)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(res["scored"][name]))
+        key = WORK / "generalisation" / output_key(bundle)
+        print(f"{name} ({path})", flush=True)
+        m = {"bundle": bundle.name, "sha256": bundle.sha256, "quantization": bundle.quantization}
+        for label, root in sets.items():
+            m[label] = cached(Path(f"{key}-{label}.json"), lambda b=bundle, root=root, label=label: score_set(
+                b, root, labels.get(label, {})))
+        m["transparency"] = cached(Path(f"{key}-transparency.json"), lambda b=bundle: transparency(b, clean_files))
+        res["scored"][name] = m
     for m in res["scored"].values():
         m["paired"] = {s: {k: paired(m[s]["per_file"], res["scored"][ref][s]["per_file"], k) for k in METRICS}
                        for s in sets}

@@ -5,7 +5,8 @@ training): it tracks training, but flatters a model on what it has heard. ``--ge
 writes the set that checkpoints are chosen on instead: unseen speakers (speech/dev) under noise
 categories absent from training (the ``ESC50_HELDOUT`` classes, the household recordings of noise/dev,
 babble of unseen talkers) at every input SNR of -5, 0, 5, 10, 15 and 20 dB, one mix per category and
-SNR, with ``labels.tsv`` naming each mix's category, SNR and speaker.
+SNR, with ``labels.tsv`` naming each mix's category, SNR and speaker. ``--reverberant`` plays each of
+those mixes' speech in a simulated room first (``reverberant``): the same set for rooms.
 """
 
 from __future__ import annotations
@@ -16,9 +17,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import ESC50_HELDOUT, RATE, _rms, dev_set, esc50_class, find_audio, load_files, shared_data
+from .data import (
+    ESC50_HELDOUT,
+    RATE,
+    _rms,
+    dev_set,
+    esc50_class,
+    find_audio,
+    load_files,
+    room_impulse_responses,
+    shared_data,
+)
 
 GEN_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)
+ROOM_SEED = (4242, 7)
+"""Seed of the dev set's rooms: no training run draws these (a run's rooms come from its own --seed)."""
 
 
 def _fit(rng: np.random.Generator, x: np.ndarray, n: int) -> np.ndarray:
@@ -74,6 +87,36 @@ def generalisation_set(root: Path, esc50: Path, seconds: float = 5.0, seed: int 
     return out
 
 
+def reverberant(mixes, rooms: int = 64, seed=ROOM_SEED):
+    """The mixes with their speech played in simulated rooms (``room_impulse_responses``, RT60 0.2-0.6 s by
+    Sabine, mix ``i`` in room ``i % rooms``): noisy = reverberant speech + the same noise, clean = the direct
+    path and 50 ms of early reflections, scaled to the dry speech's level so the SNR labels still hold.
+    Returns [(noisy, clean, (label..., rt60_s))]."""
+    from scipy.signal import fftconvolve
+
+    rirs = room_impulse_responses(np.random.default_rng(seed), rooms)
+    out = []
+    for i, (noisy, clean, label) in enumerate(mixes):
+        full, early = rirs[i % len(rirs)]
+        noise = noisy.astype(np.float64) - clean
+        target = fftconvolve(clean, early)[:len(clean)]
+        gain = _rms(clean) / max(_rms(target), 1e-12)
+        noisy, clean = fftconvolve(clean, full)[:len(clean)] * gain + noise, target * gain
+        peak = float(max(np.max(np.abs(noisy)), np.max(np.abs(clean))))
+        if peak > 0.99:
+            clean, noisy = clean * 0.99 / peak, noisy * 0.99 / peak
+        out.append((noisy.astype(np.float32), clean.astype(np.float32), (*label, _rt60(full))))
+    return out
+
+
+def _rt60(rir: np.ndarray) -> float:
+    """RT60 (s) of an impulse response from its Schroeder decay, -5 to -25 dB extrapolated (T20)."""
+    energy = np.cumsum(rir[::-1].astype(np.float64) ** 2)[::-1]
+    db = 10 * np.log10(energy / energy[0] + 1e-30)
+    t5, t25 = int(np.argmax(db <= -5)), int(np.argmax(db <= -25))
+    return round(3 * (t25 - t5) / RATE, 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m convert.devset", description=__doc__.split("\n")[0].split(":", 1)[1])
     p.add_argument("--out", metavar="DIR", required=True, help="writes DIR/clean/*.wav and DIR/noisy/*.wav")
@@ -82,7 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generalisation", metavar="ESC50_DIR", default=None,
                    help="write the generalisation dev set instead, its held-out noise from this ESC-50 folder "
                         "(the esc50_partial set of ../shared/data/extra)")
+    p.add_argument("--reverberant", action="store_true",
+                   help="with --generalisation: the same mixes with their speech in simulated rooms (64 rooms, "
+                        "RT60 0.2-0.6 s by Sabine; target: direct path + 50 ms of early reflections); "
+                        "labels.tsv adds each room's measured RT60")
     args = p.parse_args(argv)
+    if args.reverberant and not args.generalisation:
+        p.error("--reverberant goes with --generalisation ESC50_DIR")
     import soundfile as sf
 
     root = Path(args.data) if args.data else shared_data()
@@ -95,13 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.generalisation:
         mixes = generalisation_set(root, Path(args.generalisation))
         rows = ["file\tcategory\tsnr_db\tspeaker"]
-        for i, (noisy, clean, (cat, snr, spk)) in enumerate(mixes):
+        if args.reverberant:
+            mixes = reverberant(mixes)
+            rows = [rows[0] + "\trt60_s"]
+        for i, (noisy, clean, label) in enumerate(mixes):
             name = f"gen{i:03d}.wav"
             sf.write(out / "noisy" / name, noisy, RATE, subtype="FLOAT")
             sf.write(out / "clean" / name, clean, RATE, subtype="FLOAT")
-            rows.append(f"{name}\t{cat}\t{snr:g}\t{spk}")
+            rows.append("\t".join([name, label[0], f"{label[1]:g}", *(str(v) for v in label[2:])]))
         (out / "labels.tsv").write_text("\n".join(rows) + "\n")
-        print(f"wrote {len(mixes)} generalisation pairs to {out} (labels.tsv: category, SNR, speaker)")
+        print(f"wrote {len(mixes)} {'reverberant ' if args.reverberant else ''}generalisation pairs to {out} "
+              f"(labels.tsv: category, SNR, speaker{', RT60' if args.reverberant else ''})")
         return 0
     dev = dev_set(root, count=args.count)
     for sub, arr in (("noisy", dev[0]), ("clean", dev[1])):

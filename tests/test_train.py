@@ -298,3 +298,26 @@ def test_heldout_esc50_classes_never_reach_training(tmp_path):
     files = [tmp_path / f"1-100032-A-{held}.wav", tmp_path / f"2-2000-B-{kept}.wav", tmp_path / "rain_01.ogg"]
     assert [esc50_class(f) for f in files] == [held, kept, None]
     assert without_heldout(files) == (files[1:], 1)
+
+
+def test_reverberant_dev_set_keeps_noise_level_and_labels():
+    from convert.devset import reverberant
+
+    rng = np.random.default_rng(9)
+    mixes = []
+    for k in range(3):
+        clean = np.zeros(16000, np.float32)
+        clean[3000 + 100 * k] = 0.5  # a click: the mixture shows the room itself
+        noise = (0.001 * rng.standard_normal(16000)).astype(np.float32)
+        mixes.append((clean + noise, clean, ("cat", 5.0, "spk")))
+    a, b = reverberant(mixes, rooms=2), reverberant(mixes, rooms=2)
+    for (noisy, clean, label), (n2, c2, l2), (dry_noisy, dry, _) in zip(a, b, mixes, strict=True):
+        np.testing.assert_array_equal(noisy, n2)  # the same rooms every time
+        np.testing.assert_array_equal(clean, c2)
+        assert label[:3] == ("cat", 5.0, "spk") and label == l2 and 0.05 < label[3] < 2.0  # RT60 in seconds
+        assert abs(_rms_db(clean) - _rms_db(dry)) < 0.01  # the target keeps the dry speech's level
+        start = int(np.argmax(dry))
+        assert np.max(np.abs(clean[start + 840:])) < 1e-6  # direct path + 50 ms, nothing later
+        tail = noisy[start + 840:] - (dry_noisy - dry)[start + 840:]  # the late reverberation, noise taken out
+        assert _rms_db(tail) > _rms_db(dry) - 40
+    assert a[0][2][3] != a[1][2][3]  # mix i in room i % rooms
