@@ -176,6 +176,15 @@ def room_impulse_responses(rng: np.random.Generator, count: int, rt60_s: tuple[f
     return out
 
 
+def in_room(speech: np.ndarray, room: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(the speech as the room's microphone hears it, the target: its direct path and early reflections), both
+    as long as ``speech``; ``room`` is one (full, early) pair of ``room_impulse_responses``."""
+    from scipy.signal import fftconvolve
+
+    full, early = room
+    return fftconvolve(speech, full)[:len(speech)], fftconvolve(speech, early)[:len(speech)]
+
+
 class Mixer:
     """Draws (noisy, clean) pairs; mix ``i`` of seed ``s`` is the same on every run and machine."""
 
@@ -234,11 +243,7 @@ class Mixer:
         clean = self._speech(rng, n)
         speech = clean
         if self.cfg.reverb_prob and rng.random() < self.cfg.reverb_prob:
-            from scipy.signal import fftconvolve
-
-            full, early = self.rooms[int(rng.integers(len(self.rooms)))]
-            speech = fftconvolve(clean, full)[:n]
-            clean = fftconvolve(clean, early)[:n]
+            speech, clean = in_room(clean, self.rooms[int(rng.integers(len(self.rooms)))])
         noise = self._noise(rng, n)
         if rng.random() < self.cfg.second_noise_prob:
             noise = noise + self._noise(rng, n) * 10 ** (-rng.uniform(0, 10) / 20)

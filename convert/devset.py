@@ -24,6 +24,7 @@ from .data import (
     dev_set,
     esc50_class,
     find_audio,
+    in_room,
     load_files,
     room_impulse_responses,
     shared_data,
@@ -92,20 +93,18 @@ def reverberant(mixes, rooms: int = 64, seed=ROOM_SEED):
     Sabine, mix ``i`` in room ``i % rooms``): noisy = reverberant speech + the same noise, clean = the direct
     path and 50 ms of early reflections, scaled to the dry speech's level so the SNR labels still hold.
     Returns [(noisy, clean, (label..., rt60_s))]."""
-    from scipy.signal import fftconvolve
-
     rirs = room_impulse_responses(np.random.default_rng(seed), rooms)
     out = []
     for i, (noisy, clean, label) in enumerate(mixes):
-        full, early = rirs[i % len(rirs)]
+        room = rirs[i % len(rirs)]
         noise = noisy.astype(np.float64) - clean
-        target = fftconvolve(clean, early)[:len(clean)]
+        heard, target = in_room(clean, room)
         gain = _rms(clean) / max(_rms(target), 1e-12)
-        noisy, clean = fftconvolve(clean, full)[:len(clean)] * gain + noise, target * gain
+        noisy, clean = heard * gain + noise, target * gain
         peak = float(max(np.max(np.abs(noisy)), np.max(np.abs(clean))))
         if peak > 0.99:
             clean, noisy = clean * 0.99 / peak, noisy * 0.99 / peak
-        out.append((noisy.astype(np.float32), clean.astype(np.float32), (*label, _rt60(full))))
+        out.append((noisy.astype(np.float32), clean.astype(np.float32), (*label, _rt60(room[0]))))
     return out
 
 
