@@ -126,5 +126,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def console() -> int:
+    """The ``edge-denoise`` command: ``main`` on ``sys.argv``; then, where file mode ran its T-block graphs
+    through ai-edge-litert's compiled model, descriptor 2 closed to the runtime's exit-time log lines
+    (``edge.interpreter.silence_native_teardown``)."""
+    rc = main()
+    from .interpreter import shared_weights_used, silence_native_teardown
+
+    if shared_weights_used():
+        silence_native_teardown()
+    return rc
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import importlib.metadata
 import os
@@ -10,6 +11,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
+
+import numpy as np
 
 from .errors import RuntimeMissingError
 
@@ -85,6 +88,21 @@ def first_native_output() -> list[str]:
     return [line.decode("utf-8", "replace").rstrip() for line in _first_output]
 
 
+def _flush_c_streams() -> None:
+    """``fflush(NULL)``: write out what the C library buffers for every open stdio stream."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+        cxx = ctypes.CDLL("libstdc++.so.6")
+        flush = cxx._ZNSo5flushEv
+        flush.argtypes = [ctypes.c_void_p]
+        for stream in ("_ZSt4clog", "_ZSt4cerr"):
+            flush(ctypes.addressof(ctypes.c_char.in_dll(cxx, stream)))
+    except (OSError, AttributeError, ValueError):  # no C library to ask (not seen on Linux or macOS)
+        pass
+
+
 @contextlib.contextmanager
 def captured_stderr():
     """File descriptor 2 (where native libraries write) sent to a temporary file for the block.
@@ -104,6 +122,7 @@ def captured_stderr():
         try:
             yield lines
         finally:
+            _flush_c_streams()  # a native logger may hold its lines in a stdio buffer until exit
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
@@ -145,3 +164,110 @@ def make_interpreter(model_content: bytes, num_threads: int = 1, xnnpack: bool =
         interp = pkg.factory(**kwargs)
         interp.allocate_tensors()
     return interp
+
+
+class SharedWeightsModel:
+    """One ``.tflite`` run through ai-edge-litert's ``CompiledModel`` with XNNPACK's in-memory weight cache,
+    so that every op reading the same constant shares one packed copy of it.
+
+    The plain ``Interpreter`` packs a weight once per op that uses it. A T-block graph unrolls its
+    recurrence, so the recurrent weights of every LSTM are packed once per hop: 32 copies at T = 32,
+    megabytes that no longer fit a core's L2 and stream from L3 or DRAM at every hop. With the cache they
+    are packed once. Same kernels, same results; only ai-edge-litert has it (``make_shared_weights_model``
+    returns None elsewhere).
+    """
+
+    def __init__(self, model: Any, signature: str):
+        self._m, self._sig = model, signature
+        self.inputs: dict[str, dict] = dict(model.get_input_tensor_details(signature))
+        """Signature name -> {"name": tensor name, "shape", "dtype"}."""
+        self.outputs: dict[str, dict] = dict(model.get_output_tensor_details(signature))
+        self._in = {k: model.create_input_buffer_by_name(signature, k) for k in self.inputs}
+        self._out = {k: model.create_output_buffer_by_name(signature, k) for k in self.outputs}
+        self._size = {k: (int(np.prod(d["shape"])), tuple(d["shape"]), np.dtype(d["dtype"]))
+                      for k, d in self.outputs.items()}
+
+    def set(self, name: str, value: np.ndarray) -> None:
+        self._in[name].write(value)
+
+    def invoke(self) -> None:
+        self._m.run_by_name(self._sig, self._in, self._out)
+
+    def get(self, name: str) -> np.ndarray:
+        n, shape, dtype = self._size[name]
+        return self._out[name].read(n, dtype).reshape(shape)
+
+
+
+_environment: Any = None
+_shared_failed: list[str] = []
+
+
+def make_shared_weights_model(model_content: bytes, num_threads: int = 1) -> SharedWeightsModel | None:
+    """A ``SharedWeightsModel`` for the flatbuffer, or None where the interpreter in use is not ai-edge-litert
+    or its ``CompiledModel`` cannot take the model (the caller then uses ``make_interpreter``; why is kept in
+    ``shared_weights_unavailable()``)."""
+    global _environment
+    if interpreter_package().name != "ai-edge-litert" or _shared_failed:
+        return None
+    try:
+        # Importing the compiled-model API and creating its environment look for NPU vendor plugins and say
+        # on descriptor 2 that there are none: not news for a CPU runtime, so what the native side writes
+        # meanwhile is dropped.
+        with captured_stderr():
+            from ai_edge_litert.compiled_model import CompiledModel
+            from ai_edge_litert.cpu_options import CpuOptions
+            from ai_edge_litert.environment import Environment
+            from ai_edge_litert.options import Options as LiteRtOptions
+
+            if _environment is None:
+                _environment = Environment.create()
+                # One environment per process, never released: when it goes (at the latest as the process
+                # ends, after anything could capture descriptor 2) the runtime logs a line per accelerator.
+                ctypes.pythonapi.Py_IncRef(ctypes.py_object(_environment))
+            options = LiteRtOptions(cpu_options=CpuOptions(num_threads=num_threads,
+                                                           xnnpack_weight_cache_path=":memory:"))
+            model = CompiledModel.from_buffer(model_content, environment=_environment, options=options)
+            signatures = list(model.get_signature_list())
+            if len(signatures) != 1:
+                raise ValueError(f"{len(signatures)} signatures")
+            shared = SharedWeightsModel(model, signatures[0])
+            # The first run logs too (and lets out what the runtime's logger still held): run once on
+            # zeros while the output is captured.
+            for name, d in shared.inputs.items():
+                shared.set(name, np.zeros(d["shape"], np.dtype(d["dtype"])))
+            shared.invoke()
+        return shared
+    except (ImportError, AttributeError, RuntimeError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _shared_failed.append(f"{exc.__class__.__name__}: {first}")
+        return None
+
+
+def shared_weights_used() -> bool:
+    """Whether this process made a ``SharedWeightsModel`` (and so holds a compiled-model environment)."""
+    return _environment is not None
+
+
+def silence_native_teardown() -> None:
+    """Send descriptor 2 to /dev/null for the rest of the process, after flushing Python's streams.
+
+    For a command whose work is done: ai-edge-litert's compiled-model environment logs an INFO line per
+    accelerator from C++ destructors that run after Python has finished (nothing can capture them there).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    except OSError:
+        pass
+
+
+def shared_weights_unavailable() -> str | None:
+    """Why ``make_shared_weights_model`` gave None the first time it did in this process, else None."""
+    return _shared_failed[0] if _shared_failed else None

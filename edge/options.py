@@ -13,6 +13,10 @@ class Options:
     """Interpreter threads per submodel. One is usually best for a single stream on a small CPU."""
     xnnpack: bool = True
     """Use the XNNPACK delegate (the interpreter default). Off = builtin kernels only."""
+    shared_weights: bool = True
+    """Run T-block graphs with one packed copy of each weight (ai-edge-litert's compiled model with
+    XNNPACK's in-memory weight cache, ``edge.interpreter.SharedWeightsModel``) instead of one copy per
+    unrolled hop. Same output; off only to compare the two."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_threads, int) or self.num_threads < 1:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .bundle import Bundle, SubmodelSpec, TensorSpec, check_interpreter, parse_submodel
 from .errors import BundleError
-from .interpreter import make_interpreter
+from .interpreter import SharedWeightsModel, make_interpreter, make_shared_weights_model
 from .options import Options
 from .submodel import TFLiteSubmodel, _quantizer
 
@@ -83,42 +83,89 @@ def parse_batched(path: str, m: Mapping[str, Any], mpath: str,
     return BatchedSpec(frames=frames, submodels=subs, verification=dict(sec.get("verification", {})))
 
 
+class _ViaInterpreter:
+    """A T-block graph through the plain interpreter, addressed by manifest tensor name."""
+
+    def __init__(self, it: Any, index: Mapping[str, int]):
+        self._it, self._index = it, index
+
+    def set(self, name: str, value: np.ndarray) -> None:
+        self._it.set_tensor(self._index[name], value)
+
+    def invoke(self) -> None:
+        self._it.invoke()
+
+    def get(self, name: str) -> np.ndarray:
+        return self._it.get_tensor(self._index[name])
+
+
+def _check_shared(bundle: Bundle, ts: SubmodelSpec, model: SharedWeightsModel) -> None:
+    """Every manifest tensor of ``ts`` is in the compiled model's signature with its tensor name, shape and
+    dtype, and every model input is fed (as ``check_interpreter`` does for an interpreter)."""
+    fpath = f"{bundle.path}/{ts.file}"
+    for spec, found in [(t, model.inputs) for t in ts.inputs] + [(t, model.outputs) for t in ts.outputs]:
+        d = found.get(spec.name)
+        if d is None or d["name"] != spec.tensor:
+            raise BundleError(f"{fpath}: tensor {spec.tensor!r} ({spec.name}) not in the model's signature; it has "
+                              f"{ {k: v['name'] for k, v in found.items()} }")
+        shape, dtype = tuple(int(n) for n in d["shape"]), np.dtype(d["dtype"]).name
+        if shape != spec.shape or dtype != spec.dtype:
+            raise BundleError(f"{fpath}: tensor {spec.name!r} is {dtype}{list(shape)} in the model, "
+                              f"manifest says {spec.dtype}{list(spec.shape)}")
+    unfed = sorted(set(model.inputs) - {ts.data_input} - {s_in for s_in, _ in ts.states})
+    if unfed:
+        raise BundleError(f"{fpath}: model inputs {unfed} are neither the manifest's data input nor in a state pair "
+                          "(they would stay zero)")
+
+
 class TBlockSubmodel(TFLiteSubmodel):
     """A per-block submodel that can also run ``frames`` hops in one call; both calls share the states.
 
-    The T-block interpreter is made on the first ``frames`` call, so a live stream (one hop per call)
-    never pays for it.
+    The T-block graph is loaded on the first ``frames`` call, so a live stream (one hop per call) never
+    pays for it. With ai-edge-litert and XNNPACK on it runs as a ``SharedWeightsModel`` (each recurrent
+    weight packed once, not once per unrolled hop); elsewhere through the plain interpreter.
     """
 
     def __init__(self, bundle: Bundle, spec: SubmodelSpec, tspec: SubmodelSpec, options: Options):
         super().__init__(bundle, spec, options)
         self._bundle, self._tspec, self._options = bundle, tspec, options
         self._t: tuple | None = None
+        self.shared_weights: bool | None = None
+        """Whether the T-block graph runs with shared packed weights; None until it is loaded."""
 
     def _load(self) -> tuple:
-        ts = self._tspec
-        it = make_interpreter(ts.content, self._options.num_threads, self._options.xnnpack)
-        index = check_interpreter(self._bundle, ts, it)
+        ts, opts = self._tspec, self._options
+        runner: Any = None
+        # Only float tensors: the compiled model's details carry no quantisation to check against.
+        if opts.xnnpack and opts.shared_weights and all(t.scale == 0.0 for t in ts.inputs + ts.outputs):
+            shared = make_shared_weights_model(ts.content, opts.num_threads)
+            if shared is not None:
+                _check_shared(self._bundle, ts, shared)
+                runner = shared
+        self.shared_weights = runner is not None
+        if runner is None:
+            it = make_interpreter(ts.content, opts.num_threads, opts.xnnpack)
+            runner = _ViaInterpreter(it, check_interpreter(self._bundle, ts, it))
         q_in, _ = _quantizer(ts.input(ts.data_input))
         _, dq_out = _quantizer(ts.output(ts.data_output))
-        pairs = [(index[s_in], index[s_out]) for s_in, s_out in ts.states]
-        return it, index[ts.data_input], index[ts.data_output], q_in, dq_out, pairs
+        return runner, q_in, dq_out
 
     def frames(self, x: np.ndarray) -> np.ndarray:
         """``x``: the data input with ``frames`` hops on axis 1, float32; returns the data output likewise."""
         if self._t is None:
             self._t = self._load()
-        it, i_in, i_out, q_in, dq_out, pairs = self._t
-        it.set_tensor(i_in, q_in(x))
+        runner, q_in, dq_out = self._t
+        ts = self._tspec
+        runner.set(ts.data_input, q_in(x))
         states = self._states
-        for k, (i, _) in enumerate(pairs):
-            it.set_tensor(i, states[k])
-        it.invoke()
-        for k, (_, o) in enumerate(pairs):
-            s = it.get_tensor(o)
+        for k, (s_in, _) in enumerate(ts.states):
+            runner.set(s_in, states[k])
+        runner.invoke()
+        for k, (_, s_out) in enumerate(ts.states):
+            s = runner.get(s_out)
             conv = self._pairs[k][2]
             states[k] = s if conv is None else conv(s)
-        return dq_out(it.get_tensor(i_out))
+        return dq_out(runner.get(ts.data_output))
 
 
 def runners(bundle: Bundle, options: Options) -> dict[str, TFLiteSubmodel]:

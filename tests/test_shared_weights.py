@@ -1,0 +1,75 @@
+"""T-block graphs with one packed copy of each weight (edge.interpreter.SharedWeightsModel): same output as
+the plain interpreter and as the per-block path, the plain interpreter where the runtime lacks it, and a
+quiet command either way. Real interpreters, the shipped dtln-finetuned/dynamic bundle (it has T-block
+graphs); no TensorFlow."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import edge
+from edge.bundle import runtime_listed
+from edge.interpreter import interpreter_package
+from edge.stream import StreamingDenoiser
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "pretrained_model" / "dtln-finetuned" / "dynamic"
+EXAMPLE = REPO / "examples" / "p232_013_noisy.wav"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    b = edge.load_bundle(BUNDLE)
+    if b.batched is None:
+        pytest.fail(f"{BUNDLE} lost its T-block graphs")
+    pkg = interpreter_package()
+    if not runtime_listed(b.manifest["runtimes"], pkg.name, pkg.version):
+        pytest.skip(f"{BUNDLE.name}: its manifest does not list {interpreter_package().name} (tests/test_bundle.py "
+                    "covers the refusal)")
+    return b
+
+
+def _run(bundle, options):
+    x, _ = sf.read(EXAMPLE, dtype="float32")
+    s = StreamingDenoiser(bundle, options)
+    y = np.concatenate([s.process(x), s.flush()])
+    return y, *(getattr(r, "shared_weights", False) for r in (s._family._mask, s._family._frame))
+
+
+def test_t_block_output_is_the_same_with_shared_weights_and_without(bundle):
+    shared, *used = _run(bundle, edge.Options())
+    plain, *plain_used = _run(bundle, edge.Options(shared_weights=False))
+    per_block, *_ = _run(dataclasses.replace(bundle, batched=None), edge.Options())
+    # only ai-edge-litert has the compiled model with XNNPACK's weight cache; elsewhere the plain interpreter
+    assert used == [interpreter_package().name == "ai-edge-litert"] * 2
+    assert plain_used == [False, False]
+    assert np.array_equal(shared, plain)
+    assert np.array_equal(shared, per_block)  # dynamic T-block graphs give the per-block samples exactly
+    assert len(shared) > 40_000 and np.sqrt(np.mean(shared ** 2)) > 1e-3
+
+
+def test_no_xnnpack_means_no_shared_weights(bundle):
+    _, *used = _run(bundle, edge.Options(xnnpack=False))
+    assert used == [False, False]
+
+
+def test_the_command_says_nothing_more_when_t_block_graphs_run_shared(bundle, tmp_path):
+    """The compiled-model runtime logs while it starts and as the process ends; the command shows neither."""
+    out = tmp_path / "out.wav"
+    r = subprocess.run([sys.executable, "-c", "import sys, edge.cli; sys.exit(edge.cli.console())", "denoise", "-q",
+                        "--model", str(BUNDLE), str(EXAMPLE), "-o", str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "" and out.is_file()
+    y, _ = sf.read(out, dtype="float32")
+    x, _ = sf.read(EXAMPLE, dtype="float32")
+    ref = edge.denoise(x, bundle)  # delay compensated, as the command writes it
+    assert len(y) == len(ref) == len(x)
+    assert np.max(np.abs(y - ref)) <= 1 / 32768  # written as 16-bit PCM
