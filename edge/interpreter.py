@@ -7,8 +7,10 @@ import ctypes
 import importlib
 import importlib.metadata
 import os
+import re
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -91,16 +93,12 @@ def first_native_output() -> list[str]:
 def _flush_c_streams() -> None:
     """``fflush(NULL)``: write out what the C library buffers for every open stdio stream."""
     try:
-        import ctypes
-
         ctypes.CDLL(None).fflush(None)
-        cxx = ctypes.CDLL("libstdc++.so.6")
-        flush = cxx._ZNSo5flushEv
-        flush.argtypes = [ctypes.c_void_p]
-        for stream in ("_ZSt4clog", "_ZSt4cerr"):
-            flush(ctypes.addressof(ctypes.c_char.in_dll(cxx, stream)))
-    except (OSError, AttributeError, ValueError):  # no C library to ask (not seen on Linux or macOS)
+    except (OSError, AttributeError):  # no C library to ask (not seen on Linux or macOS)
         pass
+
+
+_capture_lock = threading.RLock()
 
 
 @contextlib.contextmanager
@@ -108,25 +106,27 @@ def captured_stderr():
     """File descriptor 2 (where native libraries write) sent to a temporary file for the block.
 
     Yields a list that receives the captured lines (bytes) when the block ends, however it ends;
-    the caller decides what to pass on. Without a usable descriptor 2 nothing is captured.
+    the caller decides what to pass on. Without a usable descriptor 2 nothing is captured. One block
+    at a time per process (threads wait): two overlapping ones would each restore the other's file.
     """
     lines: list[bytes] = []
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # embedded, or descriptor 2 closed
-        yield lines
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
+    with _capture_lock:
         try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # embedded, or descriptor 2 closed
             yield lines
-        finally:
-            _flush_c_streams()  # a native logger may hold its lines in a stdio buffer until exit
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            lines.extend(tmp.readlines())
+            return
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                _flush_c_streams()  # what a native library left in a stdio buffer belongs to the block
+                os.dup2(saved, 2)
+                os.close(saved)
+                tmp.seek(0)
+                lines.extend(tmp.readlines())
 
 
 @contextlib.contextmanager
@@ -211,10 +211,10 @@ def make_shared_weights_model(model_content: bytes, num_threads: int = 1) -> Sha
     if interpreter_package().name != "ai-edge-litert" or _shared_failed:
         return None
     try:
-        # Importing the compiled-model API and creating its environment look for NPU vendor plugins and say
-        # on descriptor 2 that there are none: not news for a CPU runtime, so what the native side writes
-        # meanwhile is dropped.
-        with captured_stderr():
+        # Importing the compiled-model API, creating its environment and the first run log what they load
+        # and that there is no NPU: not news for a CPU runtime. Those lines are dropped; anything else
+        # written meanwhile (another thread's progress line, an error) is passed on.
+        with captured_stderr() as lines:
             from ai_edge_litert.compiled_model import CompiledModel
             from ai_edge_litert.cpu_options import CpuOptions
             from ai_edge_litert.environment import Environment
@@ -237,11 +237,22 @@ def make_shared_weights_model(model_content: bytes, num_threads: int = 1) -> Sha
             for name, d in shared.inputs.items():
                 shared.set(name, np.zeros(d["shape"], np.dtype(d["dtype"])))
             shared.invoke()
+        _pass_on(lines)
         return shared
     except (ImportError, AttributeError, RuntimeError, ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         _shared_failed.append(f"{exc.__class__.__name__}: {first}")
         return None
+
+
+_RUNTIME_LOG = re.compile(rb"^(?:INFO|WARNING|VERBOSE|DEBUG): \[[\w./-]+:\d+\]|^\s*\xe2\x94\x94 ")
+"""A LiteRT log line below ERROR (``INFO: [environment.cc:36] ...``) or its continuation (``└ ...``)."""
+
+
+def _pass_on(lines: list[bytes]) -> None:
+    rest = b"".join(line for line in lines if not _RUNTIME_LOG.match(line))
+    if rest:
+        os.write(2, rest)
 
 
 def shared_weights_used() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Mapping
 
 import numpy as np
@@ -108,7 +109,10 @@ class StreamingDenoiser:
             from .tblock import runners as make_runners  # interpreter imported on the first stream
 
             runners = make_runners(bundle, self._options)
-        self._family = family_class(bundle)(bundle, dict(runners), self._irfft)
+        # The family calls back into this stream's irfft through a weak reference: no cycle, so a stream is
+        # freed (and its T-block graphs go back to the idle pool, edge.tblock) as soon as it is dropped.
+        me = weakref.ref(self)
+        self._family = family_class(bundle)(bundle, dict(runners), lambda spec: me()._irfft(spec))
         if not hasattr(self._family, "steps"):
             self._frames = 0
         n, s = bundle.block_len, bundle.block_shift

@@ -73,3 +73,34 @@ def test_the_command_says_nothing_more_when_t_block_graphs_run_shared(bundle, tm
     ref = edge.denoise(x, bundle)  # delay compensated, as the command writes it
     assert len(y) == len(ref) == len(x)
     assert np.max(np.abs(y - ref)) <= 1 / 32768  # written as 16-bit PCM
+
+
+def test_progress_of_parallel_jobs_survives_the_runtime_starting_in_another_thread(bundle, tmp_path):
+    """With --jobs 2 the runtime starts (its output captured) in one worker while the other may report: every
+    progress line shows, no runtime log line does."""
+    ins = []
+    for k in range(4):
+        ins.append(tmp_path / f"in{k}.wav")
+        ins[-1].write_bytes(EXAMPLE.read_bytes())
+    r = subprocess.run([sys.executable, "-c", "import sys, edge.cli; sys.exit(edge.cli.console())", "denoise",
+                        "--jobs", "2", "--model", str(BUNDLE), *map(str, ins), "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert sorted(line.split("]")[0] for line in lines if line.startswith("[")) == [f"[{k}/4" for k in range(1, 5)]
+    assert not [line for line in lines if line.startswith(("INFO", "WARNING"))], r.stderr
+    assert all((tmp_path / "out" / p.name).is_file() for p in ins)
+
+
+def test_a_dropped_stream_leaves_its_t_block_graphs_to_the_next_and_no_state_with_them(bundle):
+    x, _ = sf.read(EXAMPLE, dtype="float32")
+    noise = np.random.default_rng(3).normal(0, 0.05, len(x)).astype(np.float32)
+    first = StreamingDenoiser(bundle)
+    first.process(noise)  # runs T-block calls: its graphs are loaded, its states are far from zero
+    graphs = first._family._mask._t[0], first._family._frame._t[0]
+    del first  # freed at once (no reference cycle): its graphs go to the idle pool
+    second = StreamingDenoiser(bundle)
+    y = np.concatenate([second.process(x), second.flush()])
+    assert (second._family._mask._t[0], second._family._frame._t[0]) == graphs
+    fresh, *_ = _run(bundle, edge.Options(shared_weights=False))  # another pool key: graphs of its own
+    assert np.array_equal(y, fresh)
