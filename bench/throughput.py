@@ -12,10 +12,11 @@ the order; the speed-up is taken within each round. The outputs of the two paths
 sample (max abs difference, SNR) against the mode's tolerance.
 
 Where a bundle also has batch-axis graphs (manifest ``streams``), the same rounds time their invokes at
-``--floor-rows`` independent rows per call (no recurrence at batch 1, no Python per hop): the graphs'
-cost per hop when every matmul has many rows, the machine's compute floor for this model. Per-block
-time over that floor bounds what any exact file-mode path (T-block calls or anything else that keeps
-one stream's hops in order) can reach on this machine.
+``--floor-rows`` independent rows per call (no recurrence at batch 1, no Python per hop, no FFT): the
+graphs' cost per hop of one stream when every matmul has many rows. For DTLN, whose cost is its matmuls,
+that is the floor: per-block time over it bounds what any exact file-mode path (T-block calls or anything
+else that keeps one stream's hops in order) can gain on this machine. PoCoNet's T-block graph already
+runs below it (its convolutions over T frames beat 64 rows of one frame), so there it bounds nothing.
 
 A bundle without T-block graphs is copied to ``$EDGE_BENCH_WORK`` and upgraded there with
 ``python -m convert.batched`` (needs the convert extra and the weights it was converted from; default:
@@ -156,9 +157,10 @@ def measure(bundle: edge.Bundle, x: np.ndarray, rounds: int, seconds: float, flo
                  {"what": f"{tag}, T-block: CPU per hop", "unit": "us",
                   **summary([t * seconds / hops * 1e6 for t in times[tname]], 2)},
                  {"what": f"{tag}, batch-axis graphs at {floor.rows} rows per call: invoke CPU per hop of one "
-                          "stream (compute floor)", "unit": "us", **summary([f * 1e6 for f in floors], 2)},
-                 {"what": f"{tag}: per-block / compute floor (the most any exact file-mode path can gain "
-                          "here)", "unit": "ratio", **summary(ceilings, 3)}]
+                          "stream (every matmul with that many rows: DTLN's floor)", "unit": "us",
+                  **summary([f * 1e6 for f in floors], 2)},
+                 {"what": f"{tag}: per-block / batch-axis graphs (for DTLN the most any exact file-mode path "
+                          "can gain here)", "unit": "ratio", **summary(ceilings, 3)}]
     v = bundle.batched.verification  # the tolerance the converter held it to (its mode's, convert/modes.py)
     if "tolerance_max_abs_error" in v:
         tol = f"max abs <= {v['tolerance_max_abs_error']:g}"
@@ -182,7 +184,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--floor-rows", type=int, default=64,
-                   help="rows per call for the compute floor from the batch-axis graphs (0: skip it)")
+                   help="rows per call when timing the batch-axis graphs (0: skip them)")
     args = p.parse_args()
     bundles = []
     for folder in map(Path, args.bundle):
@@ -212,17 +214,18 @@ def main() -> int:
                   "edge.interpreter.SharedWeightsModel); the row 'one packed weight copy per hop' is the same graphs "
                   "through the plain interpreter (Options(shared_weights=False)), which packs the recurrent weights "
                   "once per unrolled hop.",
-                  "Compute floor: the bundle's batch-axis graphs (manifest streams) resized to --floor-rows rows, "
-                  "random inputs, invokes only, CPU time per call / rows, one measurement per round. Per-block "
-                  "time over it is the most a path that keeps one stream's hops in order could gain here: its "
-                  "recurrent products stay at batch 1 and it still pays the FFTs."],
+                  "Batch-axis graphs: the bundle's (manifest streams) resized to --floor-rows rows, random inputs, "
+                  "invokes only, CPU time per call / rows, one measurement per round. For DTLN, a matmul-bound "
+                  "model, that is the floor, and per-block time over it the most a path that keeps one stream's "
+                  "hops in order could gain here (its recurrent products stay at batch 1 and it still pays the "
+                  "FFTs). PoCoNet's T-block graphs run below it."],
     }
     write_result("throughput", result)
     for run in runs:
         s, o = run["speed_up"], run["output"]
         print(f"{run['bundle']}: speed-up median {s['median']:.2f}x (min {s['min']:.2f}, max {s['max']:.2f}); "
               f"output max abs difference {o['max_abs_difference']:.3g}, SNR {o['snr_db']} dB"
-              + (f"; per-block / compute floor {run['ceiling']['median']:.2f}x" if run["ceiling"] else ""))
+              + (f"; per-block / batch-axis graphs {run['ceiling']['median']:.2f}x" if run["ceiling"] else ""))
     return 0 if all(run["output"]["passed"] for run in runs) else 1
 
 
