@@ -198,7 +198,6 @@ class SharedWeightsModel:
         return self._out[name].read(n, dtype).reshape(shape)
 
 
-
 _environment: Any = None
 _shared_failed: list[str] = []
 
