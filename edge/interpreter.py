@@ -201,6 +201,45 @@ class SharedWeightsModel:
 _environment: Any = None
 _shared_failed: list[str] = []
 
+# What ai-edge-litert 2.3's compiled-model environment needs of the CPU: it loads its GPU accelerator
+# library, which is built for these features and ends the process (SIGILL, "go/sigill-fail-fast") on a CPU
+# without them -- on aarch64 a Raspberry Pi 5 (Cortex-A76) has them, a Pi 4 (Cortex-A72) does not. Names as
+# /proc/cpuinfo prints them.
+COMPILED_MODEL_NEEDS = {
+    "aarch64": frozenset({"aes", "atomics", "crc32", "asimddp", "fphp", "asimdhp", "asimdrdm", "lrcpc", "sha2"}),
+    "x86_64": frozenset({"aes", "avx", "mmx", "pclmulqdq", "popcnt", "sse", "sse2", "pni", "ssse3", "sse4_1",
+                         "sse4_2", "cx16"}),
+}
+
+
+def cpu_missing_for_compiled_model(cpuinfo: str | None = None, machine: str | None = None) -> list[str]:
+    """The CPU features the compiled-model runtime needs that this CPU lacks ([] when none), from
+    ``/proc/cpuinfo`` (or the ``cpuinfo`` text) and ``machine`` (default: this one's). Where there is no
+    cpuinfo to read, or the architecture is not in ``COMPILED_MODEL_NEEDS``, it says so in the one entry:
+    the runtime is then not tried."""
+    import platform
+
+    machine = machine or platform.machine().lower()
+    machine = {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
+    needs = COMPILED_MODEL_NEEDS.get(machine)
+    if needs is None:
+        return [f"a known CPU ({machine})"]
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return ["/proc/cpuinfo"]
+    have: set[str] | None = None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            feats = set(value.split())
+            have = feats if have is None else have & feats  # every core must have it
+    if have is None:
+        return ["/proc/cpuinfo"]
+    return sorted(needs - have)
+
 
 def make_shared_weights_model(model_content: bytes, num_threads: int = 1) -> SharedWeightsModel | None:
     """A ``SharedWeightsModel`` for the flatbuffer, or None where the interpreter in use is not ai-edge-litert
@@ -208,6 +247,11 @@ def make_shared_weights_model(model_content: bytes, num_threads: int = 1) -> Sha
     ``shared_weights_unavailable()``)."""
     global _environment
     if interpreter_package().name != "ai-edge-litert" or _shared_failed:
+        return None
+    missing = cpu_missing_for_compiled_model()
+    if missing:
+        _shared_failed.append(f"this CPU lacks {', '.join(missing)}, which ai-edge-litert's compiled-model runtime "
+                              "is built for (loading it would end the process)")
         return None
     try:
         # Importing the compiled-model API, creating its environment and the first run log what they load

@@ -17,7 +17,7 @@ import soundfile as sf
 
 import edge
 from edge.bundle import runtime_listed
-from edge.interpreter import interpreter_package
+from edge.interpreter import cpu_missing_for_compiled_model, interpreter_package
 from edge.stream import StreamingDenoiser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,8 +48,11 @@ def test_t_block_output_is_the_same_with_shared_weights_and_without(bundle):
     shared, *used = _run(bundle, edge.Options())
     plain, *plain_used = _run(bundle, edge.Options(shared_weights=False))
     per_block, *_ = _run(dataclasses.replace(bundle, batched=None), edge.Options())
-    # only ai-edge-litert has the compiled model with XNNPACK's weight cache; elsewhere the plain interpreter
-    assert used == [interpreter_package().name == "ai-edge-litert"] * 2
+    # only ai-edge-litert has the compiled model with XNNPACK's weight cache, and only CPUs with the features
+    # its runtime is built for may load it (the A72 run of .ci/aarch64 takes the other branch); else the plain
+    # interpreter
+    expect = interpreter_package().name == "ai-edge-litert" and not cpu_missing_for_compiled_model()
+    assert used == [expect] * 2
     assert plain_used == [False, False]
     assert np.array_equal(shared, plain)
     assert np.array_equal(shared, per_block)  # dynamic T-block graphs give the per-block samples exactly
@@ -105,3 +108,19 @@ def test_a_dropped_stream_leaves_its_t_block_graphs_to_the_next_and_no_state_wit
     assert (second._family._mask._t[0], second._family._frame._t[0]) == graphs
     fresh, *_ = _run(bundle, edge.Options(shared_weights=False))  # another pool key: graphs of its own
     assert np.array_equal(y, fresh)
+
+
+A72 = "processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU part\t: 0xd08\n\n"
+A76 = ("Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop "
+       "asimddp\n")
+
+
+def test_the_compiled_model_is_not_tried_on_a_cpu_its_runtime_would_crash_on():
+    """ai-edge-litert 2.3's compiled-model runtime dies with SIGILL on a Cortex-A72 (Raspberry Pi 4: no LSE atomics,
+    dotprod, fp16, ...), as .ci/aarch64 saw; a Pi 5's Cortex-A76 has all it needs. Every core must have them."""
+    assert cpu_missing_for_compiled_model(A76, "aarch64") == []
+    assert cpu_missing_for_compiled_model(A76 + A72, "aarch64") == ["aes", "asimddp", "asimdhp", "asimdrdm", "atomics",
+                                                                    "fphp", "lrcpc", "sha2"]
+    assert cpu_missing_for_compiled_model("flags\t: fpu sse sse2 avx\n", "x86_64")[:2] == ["aes", "cx16"]
+    assert cpu_missing_for_compiled_model("", "aarch64") == ["/proc/cpuinfo"]
+    assert cpu_missing_for_compiled_model(A76, "riscv64") == ["a known CPU (riscv64)"]
