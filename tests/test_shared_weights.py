@@ -44,6 +44,11 @@ def _run(bundle, options):
     return y, *(getattr(r, "shared_weights", False) for r in (s._family._mask, s._family._frame))
 
 
+def _snr(ref: np.ndarray, test: np.ndarray) -> float:
+    noise = float(np.sum((ref.astype(np.float64) - test) ** 2))
+    return 999.0 if noise == 0 else 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / noise)
+
+
 def test_t_block_output_is_the_same_with_shared_weights_and_without(bundle):
     shared, *used = _run(bundle, edge.Options())
     plain, *plain_used = _run(bundle, edge.Options(shared_weights=False))
@@ -54,8 +59,10 @@ def test_t_block_output_is_the_same_with_shared_weights_and_without(bundle):
     expect = interpreter_package().name == "ai-edge-litert" and not cpu_missing_for_compiled_model()
     assert used == [expect] * 2
     assert plain_used == [False, False]
-    assert np.array_equal(shared, plain)
-    assert np.array_equal(shared, per_block)  # dynamic T-block graphs give the per-block samples exactly
+    # On x86 all three are the same samples; on ARM XNNPACK picks other kernels for T rows than for one row
+    # (the emulated A76: 8e-4 max abs against per-block), so the mode's T-block tolerance is the contract.
+    tol = bundle.batched.verification["tolerance_snr_db"]
+    assert _snr(per_block, shared) >= tol and _snr(per_block, plain) >= tol and _snr(plain, shared) >= tol
     assert len(shared) > 40_000 and np.sqrt(np.mean(shared ** 2)) > 1e-3
 
 
@@ -106,8 +113,10 @@ def test_a_dropped_stream_leaves_its_t_block_graphs_to_the_next_and_no_state_wit
     second = StreamingDenoiser(bundle)
     y = np.concatenate([second.process(x), second.flush()])
     assert (second._family._mask._t[0], second._family._frame._t[0]) == graphs
+    again, *_ = _run(bundle, edge.Options())  # the same graphs a third time: no state went along with them
+    assert np.array_equal(y, again)
     fresh, *_ = _run(bundle, edge.Options(shared_weights=False))  # another pool key: graphs of its own
-    assert np.array_equal(y, fresh)
+    assert _snr(fresh, y) >= bundle.batched.verification["tolerance_snr_db"]
 
 
 A72 = "processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU part\t: 0xd08\n\n"
