@@ -6,8 +6,8 @@ For each checkpoint: converts it to full int8 with the converter's tolerance swi
 bundle is what is being measured) and to float32 with the *int8 mode's* graph changes (split states,
 cell clip, frame RMS outside, stage 2's bases outside), so the two differ only by integer arithmetic.
 Then swaps one submodel at a time: ``mask`` (stage 1) int8 with ``frame`` float32, and the other way
-round. Each is scored as the converter's release scores int8: SNR of the output against the float32
-output, pooled over the 23 noisy VBD-23 files. ``--clip-gates`` also clips the LSTM gate
+round. Each is scored as the converter's release scores int8 (``convert.release.pooled_snr``): SNR of the
+output against the float32 output, pooled over the 23 noisy VBD-23 files. ``--clip-gates`` also clips the LSTM gate
 pre-activations in both graphs (exact for a model trained with it, a change for one that was not).
 Bundles are kept under the bench work folder; writes bench/results/int8_stages.json (or --result).
 """
@@ -22,11 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 from common import REPO, SHARED, WORK, skip, write_result
-
-import edge
-from edge.audio import read_audio, to_mono_rate
 
 VBD = SHARED / "data" / "test" / "vbd_test" / "noisy"
 
@@ -70,24 +66,14 @@ def _hybrid(out: Path, int8_submodel: str) -> Path:
     return dst
 
 
-def pooled_snr(bundle: Path, reference: Path, files: list[Path]) -> float:
-    num = den = 0.0
-    for p in files:
-        x, sr, _ = read_audio(str(p))
-        x = to_mono_rate(x, sr, 16000)
-        r = edge.denoise(x, str(reference)).astype(np.float64)
-        y = edge.denoise(x, str(bundle)).astype(np.float64)
-        num += float(np.sum(r * r))
-        den += float(np.sum((r - y) ** 2))
-    return round(float(10 * np.log10(num / den)), 2)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", nargs="+", required=True, metavar="NAME=H5")
     p.add_argument("--clip-gates", type=float)
     p.add_argument("--result", default="int8_stages", help="bench/results/NAME.json (default: int8_stages)")
     args = p.parse_args()
+    from convert.release import pooled_snr  # the release's own figure: energy pooled over the files
+
     files = sorted(VBD.glob("*.wav"))
     if not files:
         skip(f"VBD-23 is missing ({VBD})")
@@ -96,11 +82,10 @@ def main() -> int:
         name, _, weights = item.partition("=")
         out = WORK / "int8_stages" / (name + (f"-clip{args.clip_gates:g}" if args.clip_gates else ""))
         _bundles(name, weights, out, args.clip_gates)
-        ref = out / "float32"
-        rows[name] = {"weights": os.path.relpath(weights, REPO),
-                      "full_int8_db": pooled_snr(out / "int8", ref, files),
-                      "mask_int8_only_db": pooled_snr(_hybrid(out, "mask"), ref, files),
-                      "frame_int8_only_db": pooled_snr(_hybrid(out, "frame"), ref, files)}
+        snr = pooled_snr({"none": str(out / "float32"), "full_int8_db": str(out / "int8"),
+                          "mask_int8_only_db": str(_hybrid(out, "mask")),
+                          "frame_int8_only_db": str(_hybrid(out, "frame"))}, files)
+        rows[name] = {"weights": os.path.relpath(weights, REPO), **snr}
         print(name, rows[name], flush=True)
     write_result(args.result, {
         "title": "Full int8 of DTLN: SNR against float32 with the same graph changes, pooled over VBD-23",
