@@ -102,13 +102,158 @@ def concat_rows(parts: list):
     return parts[0]
 
 
-class QLSTMCell(keras.layers.Layer):
-    """Training-time LSTM cell with clipped, int8 fake-quantised pre-activations, cell and hidden state."""
+RANGE_DECAY = 0.995
+"""Per training step, a tracked range shrinks by at most this factor (it follows a model whose tensors shrink)."""
 
-    def __init__(self, units, gate_clip, cell_clip, fake_quant=True, **kw):
+
+def _fq(x, lo, hi):
+    """int8 rounding on the fixed range [lo, hi]; gradients pass straight through inside it."""
+    import tensorflow as tf
+
+    return tf.quantization.fake_quant_with_min_max_args(x, lo, hi, num_bits=8)
+
+
+def _fq_weights(w):
+    """Per output channel (last axis), symmetric int8 weights ([-127, 127]), as the converter stores them."""
+    import tensorflow as tf
+
+    m = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(w), axis=0), 1e-8))
+    return tf.quantization.fake_quant_with_min_max_vars_per_channel(w, -m, m, num_bits=8, narrow_range=True)
+
+
+def _fq_tracked(x, var, training):
+    """int8 rounding of ``x`` on +-``var``, the running maximum of |x| seen in training: what the converter's
+    calibration sets from data. Unrounded while the range is still unknown (0)."""
+    import tensorflow as tf
+
+    r = var
+    if training:
+        m = tf.reduce_max(tf.abs(x))
+        r = tf.where(var > 0, tf.maximum(m, var * RANGE_DECAY), m)
+        var.assign(r)
+    r = tf.stop_gradient(tf.maximum(tf.convert_to_tensor(r), 1e-6))
+    q = tf.quantization.fake_quant_with_min_max_vars(x, -r, r, num_bits=8)
+    return q if training else tf.where(var > 0, q, x)
+
+
+class _OwnWeightsOnly:
+    """get/set_weights see the model's weights only, not the tracked ranges (the h5 layout has none)."""
+
+    n_model_weights = 0
+
+    def get_weights(self):
+        return [np.asarray(v) for v in self.weights[:self.n_model_weights]]
+
+    def set_weights(self, weights):
+        own = self.weights[:self.n_model_weights]
+        if len(weights) != len(own):
+            raise ValueError(f"{self.name}: {len(weights)} arrays for {len(own)} weights")
+        for v, w in zip(own, weights, strict=True):
+            v.assign(w)
+
+
+class QATLSTM(_OwnWeightsOnly, keras.layers.Layer):
+    """Training-time LSTM over a sequence that rounds what the full-int8 graph rounds: its input, the int8
+    weights (per channel), ``x @ W`` and ``h @ U`` each on its own range (running maxima, as calibration
+    sets them), the clipped gate sum, the sigmoid and tanh outputs, the cell state and ``h``. Same weights,
+    names and gate order (i, f, c, o) as a Keras LSTM."""
+
+    n_model_weights = 3
+
+    def __init__(self, units, gate_clip, cell_clip, **kw):
+        super().__init__(**kw)
+        self.units, self.gate_clip, self.cell_clip = units, gate_clip, cell_clip
+
+    def build(self, shape):
+        self.kernel = self.add_weight(shape=(shape[-1], 4 * self.units), name="kernel", initializer="glorot_uniform")
+        self.recurrent_kernel = self.add_weight(shape=(self.units, 4 * self.units), name="recurrent_kernel",
+                                                initializer="orthogonal")
+        self.bias = self.add_weight(shape=(4 * self.units,), name="bias", initializer="zeros")
+        self.range_x, self.range_xw, self.range_hu = (
+            self.add_weight(shape=(), name=n, initializer="zeros", trainable=False) for n in ("range_x", "range_xw",
+                                                                                              "range_hu"))
+
+    def call(self, x, training=None):
+        import tensorflow as tf
+
+        training = bool(training)
+        gc, cc = self.gate_clip, self.cell_clip
+        x = _fq_tracked(x, self.range_x, training)
+        xw = _fq_tracked(tf.matmul(x, _fq_weights(self.kernel)), self.range_xw, training)
+        u = _fq_weights(self.recurrent_kernel)
+        r_hu = tf.convert_to_tensor(self.range_hu)
+        known = r_hu > 0
+        r = tf.maximum(r_hu, 1e-6)
+        batch = tf.shape(x)[0]
+        zeros = tf.zeros((batch, self.units), x.dtype)
+
+        def step(carry, xw_t):
+            h, c, seen = carry
+            hu = tf.matmul(h, u)
+            seen = tf.maximum(seen, tf.reduce_max(tf.abs(hu)))
+            hu = tf.where(known, tf.quantization.fake_quant_with_min_max_vars(hu, -r, r, num_bits=8), hu)
+            z = _fq(tf.clip_by_value(xw_t + hu + self.bias, -gc, gc), -gc, gc * 127 / 128)
+            i, f, g, o = tf.split(z, 4, axis=-1)
+            fc = _fq(tf.sigmoid(f), 0.0, 1.0) * c
+            ig = _fq(tf.sigmoid(i), 0.0, 1.0) * _fq(tf.tanh(g), -1.0, 127 / 128)
+            c = _fq(tf.clip_by_value(_fq(fc, -cc, cc * 127 / 128) + _fq(ig, -1.0, 127 / 128), -cc, cc),
+                    -cc, cc * 127 / 128)
+            h = _fq(_fq(tf.sigmoid(o), 0.0, 1.0) * _fq(tf.tanh(c), -1.0, 127 / 128), -1.0, 127 / 128)
+            return h, c, seen
+
+        hs, _, seen = tf.scan(step, tf.transpose(xw, (1, 0, 2)), initializer=(zeros, zeros, tf.zeros((), x.dtype)))
+        if training:
+            self.range_hu.assign(tf.where(known, tf.maximum(seen[-1], r_hu * RANGE_DECAY), seen[-1]))
+        return tf.transpose(hs, (1, 0, 2))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "gate_clip": self.gate_clip, "cell_clip": self.cell_clip}
+
+
+class QATDense(_OwnWeightsOnly, keras.layers.Layer):
+    """Training-time sigmoid Dense as full int8 computes it: int8 weights per channel, its logits on a tracked
+    range; the sigmoid in float, as the runtime applies it (the int8 mode's ``runtime_sigmoid``). Same
+    weights as a Keras Dense."""
+
+    n_model_weights = 2
+
+    def __init__(self, units, **kw):
         super().__init__(**kw)
         self.units = units
-        self.gate_clip, self.cell_clip, self.fake_quant = gate_clip, cell_clip, fake_quant
+
+    def build(self, shape):
+        self.kernel = self.add_weight(shape=(shape[-1], self.units), name="kernel", initializer="glorot_uniform")
+        self.bias = self.add_weight(shape=(self.units,), name="bias", initializer="zeros")
+        self.range_sum = self.add_weight(shape=(), name="range_sum", initializer="zeros", trainable=False)
+
+    def call(self, x, training=None):
+        import tensorflow as tf
+
+        z = tf.matmul(x, _fq_weights(self.kernel)) + self.bias
+        return tf.sigmoid(_fq_tracked(z, self.range_sum, bool(training)))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+class TrackedFakeQuant(keras.layers.Layer):
+    """Training-time int8 rounding of a tensor on its tracked range (e.g. an integer graph's input)."""
+
+    def build(self, shape):
+        self.range = self.add_weight(shape=(), name="range", initializer="zeros", trainable=False)
+
+    def call(self, x, training=None):
+        return _fq_tracked(x, self.range, bool(training))
+
+
+class QLSTMCell(keras.layers.Layer):
+    """Training-time LSTM cell with clipped pre-activations and cell state (a model trained with --gate-clip
+    but without --qat)."""
+
+    def __init__(self, units, gate_clip, cell_clip, **kw):
+        super().__init__(**kw)
+        self.units = units
+        self.gate_clip, self.cell_clip = gate_clip, cell_clip
         self.state_size = [units, units]
         self.output_size = units
 
@@ -119,21 +264,12 @@ class QLSTMCell(keras.layers.Layer):
                                                 initializer="orthogonal")
         self.bias = self.add_weight(shape=(4 * self.units,), name="bias", initializer="zeros")
 
-    def _fq(self, x, bound):
-        if not self.fake_quant:
-            return x
-        import tensorflow as tf
-
-        return tf.quantization.fake_quant_with_min_max_args(x, -bound, bound * 127 / 128, num_bits=8)
-
     def call(self, x, states, training=None):
         h, c = states
         z = ops.matmul(x, self.kernel) + ops.matmul(h, self.recurrent_kernel) + self.bias
-        z = self._fq(ops.clip(z, -self.gate_clip, self.gate_clip), self.gate_clip)
-        i, f, g, o = ops.split(z, 4, axis=-1)
-        c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
-        c = self._fq(ops.clip(c, -self.cell_clip, self.cell_clip), self.cell_clip)
-        h = self._fq(ops.sigmoid(o) * ops.tanh(c), 1.0)
+        i, f, g, o = ops.split(ops.clip(z, -self.gate_clip, self.gate_clip), 4, axis=-1)
+        c = ops.clip(ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g), -self.cell_clip, self.cell_clip)
+        h = ops.sigmoid(o) * ops.tanh(c)
         return h, [h, c]
 
 

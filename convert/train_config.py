@@ -141,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from these weights (fine-tuning); the architecture is read from the file")
     p.add_argument("--qat", action="store_true",
                    help="quantisation-aware fine-tuning for full int8 (dtln): gate pre-activations clipped to "
-                        "--gate-clip, cell state to --cell-clip, both and h int8 fake-quantised")
+                        "--gate-clip, cell state to --cell-clip, and what the int8 graph rounds rounded in "
+                        "training: the input, weights (per channel), x@W and h@U and the mask logits on "
+                        "ranges tracked like calibration, the gates, c and h")
     p.add_argument("--gate-clip", type=float, help=f"with --qat (default: {d.gate_clip:g})")
     p.add_argument("--cell-clip", type=float, help=f"with --qat (default: {d.cell_clip:g})")
     p.add_argument("--speech-highpass", type=float, metavar="HZ",

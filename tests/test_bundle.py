@@ -167,6 +167,16 @@ def test_runtime_bases_need_their_arrays(bases_copy):
         edge.load_bundle(bases_copy)
 
 
+def test_runtime_sigmoid_needs_runtime_bases(copy):
+    """Logit outputs with stage 2's bases in the graph would be a mask the graph applied unsquashed: refused."""
+    _edit(copy, lambda m: m["family_options"].update(mask_sigmoid="runtime"))
+    with pytest.raises(BundleError, match="mask_sigmoid 'runtime' needs stage2_bases 'runtime'"):
+        edge.load_bundle(copy)
+    _edit(copy, lambda m: m["family_options"].update(mask_sigmoid="later"))
+    with pytest.raises(BundleError, match="should be one of 'graph'"):
+        edge.load_bundle(copy)
+
+
 def test_bundle_arrays_are_read_only(bases_bundle):
     b = edge.load_bundle(bases_bundle)
     with pytest.raises(ValueError):

@@ -158,11 +158,12 @@ def test_int8_bundle_carries_int8_through_fully_connected(tmp_path):
                 assert details[t]["dtype"] == np.int8, (io.name, details[t]["name"], details[t]["dtype"])
 
 
-def test_int8_applies_stage2_bases_in_the_runtime(tmp_path):
-    """Full int8 keeps stage 2's encoder/decoder out of the graph: the bundle carries them as arrays."""
+def test_int8_applies_stage2_bases_and_the_sigmoids_in_the_runtime(tmp_path):
+    """Full int8 keeps stage 2's encoder/decoder out of the graph (the bundle carries them as arrays) and
+    returns mask logits (an int8 sigmoid output would be rounded to 1/256 steps)."""
     b = convert(small_weights(seed=3), "int8", str(tmp_path / "b"), verify_audio=[noise_audio()],
                      verify_names=["noise"], tolerance_db=-100.0)  # a random model: only the layout is checked
-    assert b.family_options["stage2_bases"] == "runtime"
+    assert b.family_options["stage2_bases"] == "runtime" and b.family_options["mask_sigmoid"] == "runtime"
     assert b.arrays["encoder"].shape == (512, 64) and b.arrays["decoder"].shape == (64, 512)
     frame = b.submodel("frame")
     assert (frame.data_input, frame.data_output) == ("enc", "enc_mask")
@@ -171,9 +172,10 @@ def test_int8_applies_stage2_bases_in_the_runtime(tmp_path):
 
 
 def test_runtime_bases_reproduce_the_graph_in_float(bases_bundle):
-    """The runtime's encoder -> mask -> decoder equals the Keras graph (bases stored as float16: ~-66 dB)."""
+    """The runtime's sigmoids and encoder -> mask -> decoder equal the Keras graph (bases stored as float16:
+    ~-66 dB)."""
     b = edge.load_bundle(bases_bundle)
-    assert b.family_options["stage2_bases"] == "runtime"
+    assert b.family_options["stage2_bases"] == b.family_options["mask_sigmoid"] == "runtime"
     assert b.manifest["verification"]["snr_db"] >= 60
 
 

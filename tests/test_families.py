@@ -67,9 +67,10 @@ def test_dtln_graph_changes_follow_the_mode_table():
     assert stream_options_for("dynamic", cfg) == StreamOptions()
     i16 = stream_options_for("int16x8", cfg)
     assert i16.split_states and i16.clip_cell == 8.0 and i16.frame_rms_norm and i16.log_mag_outside
-    assert not i16.bases_outside
+    assert not i16.bases_outside and not i16.mask_logits
     assert stream_options_for("int8", cfg) == StreamOptions(split_states=True, clip_cell=8.0, frame_rms_norm=True,
-                                                            log_mag_outside=True, bases_outside=True)
+                                                            log_mag_outside=True, bases_outside=True,
+                                                            mask_logits=True)
 
 
 def test_default_weights_are_said_not_chosen_silently(tmp_path, capsys):
@@ -130,3 +131,13 @@ def test_a_state_with_unknown_options_is_refused_by_name(tmp_path):
     (out / "state.json").write_text(json.dumps(state))
     with pytest.raises(ConvertError, match=r"state.json: unknown training options \['warp'\]"):
         resolve({"out": str(out), "resume": True})
+
+
+def test_dtln_mask_logits_need_the_bases_outside():
+    """With stage 2's bases in the graph, stage 2 applies its own mask: logits there would be a wrong mask."""
+    from convert.families.dtln import StreamOptions, build_streaming_models
+
+    from .conftest import small_weights
+
+    with pytest.raises(ConvertError, match="mask_logits needs bases_outside"):
+        build_streaming_models(small_weights(), StreamOptions(mask_logits=True))

@@ -321,3 +321,67 @@ def test_reverberant_dev_set_keeps_noise_level_and_labels():
         tail = noisy[start + 840:] - (dry_noisy - dry)[start + 840:]  # the late reverberation, noise taken out
         assert _rms_db(tail) > _rms_db(dry) - 40
     assert a[0][2][3] != a[1][2][3]  # mix i in room i % rooms
+
+
+def test_qat_lstm_tracks_calibration_ranges_and_keeps_keras_lstm_semantics():
+    """QATLSTM (full-int8 simulation for --qat): same weights and gate order as a Keras LSTM (outputs within
+    int8 rounding of it), h on the int8 grid of [-1, 1), ranges that follow the data as calibration would
+    (up at once, down by at most RANGE_DECAY per step), and gradients for every weight."""
+    import tensorflow as tf
+
+    from convert.layers import QATLSTM, RANGE_DECAY, keras
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 30, 6)).astype(np.float32)
+    ref = keras.layers.LSTM(16, return_sequences=True)
+    ref(x)
+    ws = [0.5 * rng.standard_normal(w.shape).astype(np.float32) for w in ref.get_weights()]
+    ref.set_weights(ws)
+    q = QATLSTM(16, gate_clip=8.0, cell_clip=8.0)
+    q(x)
+    q.set_weights(ws)
+    assert len(q.get_weights()) == 3 and len(q.weights) == 6  # the range variables stay out of the h5 layout
+    for a, b in zip(q.get_weights(), ws, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    with tf.GradientTape() as tape:
+        y = q(x, training=True)
+        loss = tf.reduce_sum(y ** 2)
+    grads = tape.gradient(loss, q.trainable_weights)
+    assert len(grads) == 3 and all(g is not None and np.any(np.asarray(g) != 0) for g in grads)
+    r_x = float(q.range_x.numpy())
+    assert r_x == pytest.approx(float(np.max(np.abs(x))))
+    assert float(q.range_xw.numpy()) > 0 and float(q.range_hu.numpy()) > 0
+
+    y = np.asarray(q(x))
+    want = np.asarray(ref(x))
+    assert 0 < np.mean(np.abs(y - want)) < 0.03  # rounded, but the same LSTM (a swapped gate pair: >= 0.08)
+    np.testing.assert_allclose(y * 128, np.round(y * 128), atol=1e-3)  # h is int8 on [-1, 127/128]
+
+    q(0.01 * x, training=True)  # quieter data: the range shrinks slowly
+    assert float(q.range_x.numpy()) == pytest.approx(RANGE_DECAY * r_x)
+    q(3 * x, training=True)  # louder data: it grows at once
+    assert float(q.range_x.numpy()) == pytest.approx(3 * r_x)
+
+
+def test_qat_dtln_keeps_the_weight_layout_and_rounds_the_graph_input():
+    """The --qat DTLN holds the same weights as the float one (round trip through its layers) and adds only
+    range variables; the log-magnitude input is rounded once its range is known."""
+    from convert.families.dtln import DTLNConfig, DTLNWeights, build_training_model, get_model_weights
+    from convert.layers import QATLSTM, QATDense, TrackedFakeQuant
+
+    cfg = DTLNConfig(units=16, encoder_size=32, norm_mag=True, qat=True, gate_clip=8.0, cell_clip=8.0)
+    w = DTLNWeights.random(cfg, seed=2)
+    model = build_training_model(cfg, w)
+    kinds = {type(layer) for layer in model.layers}
+    assert {QATLSTM, QATDense, TrackedFakeQuant} <= kinds
+    back = get_model_weights(model, cfg)
+    for name, ws in w.arrays.items():
+        for a, b in zip(ws, back.arrays[name], strict=True):
+            np.testing.assert_array_equal(a, b)
+    audio = (0.1 * np.random.default_rng(3).standard_normal((1, 4096))).astype(np.float32)
+    log_mag = model.get_layer("log_mag_int8")
+    assert float(log_mag.range.numpy()) == 0
+    y = np.asarray(model(audio, training=True))
+    assert np.isfinite(y).all() and float(log_mag.range.numpy()) > 0
+    assert all(float(v.numpy()) > 0 for v in model.non_trainable_weights if "range" in v.name)

@@ -204,24 +204,43 @@ def save_weights(weights: DTLNWeights, path: str) -> None:
 
 def build_training_model(cfg: DTLNConfig, weights: DTLNWeights | None = None):
     """Whole-utterance DTLN: (batch, samples) -> (batch, samples'), samples' = framed length."""
-    from ..layers import STFT, InstantLayerNorm, ISTFTFrames, Log, OverlapAdd, QLSTMCell, keras
+    from ..layers import (
+        QATLSTM,
+        STFT,
+        InstantLayerNorm,
+        ISTFTFrames,
+        Log,
+        OverlapAdd,
+        QATDense,
+        QLSTMCell,
+        TrackedFakeQuant,
+        keras,
+    )
 
     L = keras.layers
     x = keras.Input(shape=(None,), name="audio")
     mag, phase = STFT(cfg.block_len, cfg.block_shift, name="stft")(x)
     h = mag
     if cfg.norm_mag:
-        h = InstantLayerNorm(cfg.eps, name="mag_norm")(Log(name="log_mag")(mag))
+        h = Log(name="log_mag")(mag)
+        if cfg.qat:  # the full-int8 graph's input: the runtime feeds log-magnitudes
+            h = TrackedFakeQuant(name="log_mag_int8")(h)
+        h = InstantLayerNorm(cfg.eps, name="mag_norm")(h)
 
     def core(h, stage, n_out):
         for k in range(cfg.layers):
-            if cfg.gate_clip is not None or cfg.qat:
-                cell = QLSTMCell(cfg.units, cfg.gate_clip or 1e4, cfg.cell_clip or 1e4, fake_quant=cfg.qat)
-                h = L.RNN(cell, return_sequences=True, name=f"lstm{stage}_{k}")(h)
+            name = f"lstm{stage}_{k}"
+            if cfg.qat:
+                h = QATLSTM(cfg.units, cfg.gate_clip or 1e4, cfg.cell_clip or 1e4, name=name)(h)
+            elif cfg.gate_clip is not None:
+                cell = QLSTMCell(cfg.units, cfg.gate_clip, cfg.cell_clip or 1e4)
+                h = L.RNN(cell, return_sequences=True, name=name)(h)
             else:
-                h = L.LSTM(cfg.units, return_sequences=True, name=f"lstm{stage}_{k}")(h)
+                h = L.LSTM(cfg.units, return_sequences=True, name=name)(h)
             if k < cfg.layers - 1:
                 h = L.Dropout(cfg.dropout, name=f"dropout{stage}_{k}")(h)
+        if cfg.qat:
+            return QATDense(n_out, name=f"dense{stage}")(h)
         return L.Dense(n_out, activation="sigmoid", name=f"dense{stage}")(h)
 
     mask1 = core(h, 1, cfg.bins)
@@ -266,6 +285,8 @@ def plan(weights: DTLNWeights, quantize: Mode, source: str, opts: StreamOptions 
     if opts.bases_outside:
         family_options["stage2_bases"] = "runtime"
         arrays = runtime_bases(weights)
+    if opts.mask_logits:
+        family_options["mask_sigmoid"] = "runtime"
     if cfg.qat:
         hint = (" This model was fine-tuned with --qat and still misses: quiet-bin detail (e.g. from a --spectral "
                 "loss) is what int8 loses first. The shipped pretrained_model/dtln-16k-int8 is fine-tuned for it")

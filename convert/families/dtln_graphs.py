@@ -34,6 +34,11 @@ class StreamOptions:
     like the FFT of stage 1: the submodel takes the encoded frame and returns its mask. Full int8 needs
     it: an int8 synthesis output is rounded on the scale of the loudest frames, which leaves an audible
     floor under suppressed ones."""
+    mask_logits: bool = False
+    """Both submodels return their mask's logits; the runtime applies the sigmoid in float32 (needs
+    ``bases_outside``: with the bases in the graph, stage 2 applies its mask itself). Full int8 needs it: an
+    int8 sigmoid output is rounded to steps of 1/256, the largest single loss of the int8 graph (about 8 dB
+    of its SNR against float, see docs/generalisation.md); logits keep their own range."""
 
 
 def stream_options_for(quantize: str | Mode, cfg: DTLNConfig, opts: StreamOptions | None = None) -> StreamOptions:
@@ -48,7 +53,7 @@ def stream_options_for(quantize: str | Mode, cfg: DTLNConfig, opts: StreamOption
                          clip_cell=(cfg.cell_clip or 8.0) if "bounded_cell" in changes else cfg.cell_clip,
                          clip_gates=cfg.gate_clip, frame_rms_norm="runtime_frame_norm" in changes,
                          log_mag_outside=cfg.norm_mag and "runtime_log" in changes,
-                         bases_outside="runtime_bases" in changes)
+                         bases_outside="runtime_bases" in changes, mask_logits="runtime_sigmoid" in changes)
 
 
 def _state_io(keras, prefix: str, cfg: DTLNConfig, opts: StreamOptions, rows: int = 1):
@@ -118,6 +123,9 @@ def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOpt
 
     ops = keras.ops
     cfg = weights.config
+    if opts.mask_logits and not opts.bases_outside:
+        raise ConvertError("mask_logits needs bases_outside: with stage 2's bases in the graph, the graph applies "
+                           "its mask itself")
     suffix = f"_t{frames}" if frames > 1 else "_bn" if rows is None else f"_b{rows}" if rows > 1 else ""
     out = []
     for stage, prefix, n_in, n_mask in ((1, "mask", cfg.bins, cfg.bins),
@@ -140,7 +148,7 @@ def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOpt
                     [h, *per_layer[k]])
                 h = hk
             hcs.append((hk, ck))
-        mask = keras.layers.Dense(n_mask, activation="sigmoid", name=f"dense{stage}")(h)
+        mask = keras.layers.Dense(n_mask, activation=None if opts.mask_logits else "sigmoid", name=f"dense{stage}")(h)
         if stage == 1 or outside:
             y = ops.reshape(mask, (-1 if rows is None else rows, frames, n_mask))
             out_name = "mask" if stage == 1 else "enc_mask"

@@ -27,6 +27,22 @@ def _runtime_bases(bundle: Bundle) -> tuple[np.ndarray, np.ndarray] | None:
     return enc, dec
 
 
+def _runtime_sigmoid(bundle: Bundle) -> bool:
+    """True when ``mask_sigmoid`` is ``"runtime"``: both submodels return mask logits (needs stage 2's bases here
+    too, or stage 2 would apply its mask inside the graph)."""
+    where = bundle.family_options.get("mask_sigmoid", "graph")
+    if where not in ("graph", "runtime"):
+        raise BundleError(f"{bundle.path}/{MANIFEST}: mask_sigmoid {where!r} is neither 'graph' nor 'runtime'")
+    if where == "runtime" and bundle.family_options.get("stage2_bases", "graph") != "runtime":
+        raise BundleError(f"{bundle.path}/{MANIFEST}: mask_sigmoid 'runtime' needs stage2_bases 'runtime'")
+    return where == "runtime"
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """float32 logistic, no overflow warning for large negative logits."""
+    return np.float32(0.5) * (np.tanh(np.float32(0.5) * z) + np.float32(1.0))
+
+
 class DTLN:
     """Two submodels in call order: ``mask`` (|X| -> mask) and ``frame`` (time frame -> frame).
 
@@ -34,14 +50,17 @@ class DTLN:
     multiply the output back: exact for DTLN's scale-invariant second stage, and what integer modes
     need); ``log_mag`` (feed log(|X| + 1e-7) instead of |X|, the log computed here in float);
     ``stage2_bases`` = ``"runtime"`` (the bundle's ``encoder``/``decoder`` arrays are applied here in
-    float32: ``frame`` takes the encoded frame and returns its mask; full int8 bundles do this).
+    float32: ``frame`` takes the encoded frame and returns its mask; full int8 bundles do this);
+    ``mask_sigmoid`` = ``"runtime"`` (both submodels return mask logits, the sigmoid is applied here in
+    float32; needs ``stage2_bases`` ``"runtime"``; full int8 bundles do this).
     """
 
     SUBMODELS = ("mask", "frame")
     FRAMING = {"sample_rate": (16000,), "block_len": (512,), "block_shift": (128,), "window": ("none",)}
     """The framing DTLN is trained and verified with (32 ms frames, 8 ms hop, no window)."""
     OPTIONS = {"frame_rms_norm": Opt("bool"), "log_mag": Opt("bool"),
-               "stage2_bases": Opt("str", choices=("graph", "runtime"))}
+               "stage2_bases": Opt("str", choices=("graph", "runtime")),
+               "mask_sigmoid": Opt("str", choices=("graph", "runtime"))}
 
     @classmethod
     def check(cls, bundle: Bundle) -> None:
@@ -52,6 +71,7 @@ class DTLN:
                               f"order, got {list(names)}")
         bins = bundle.block_len // 2 + 1
         bases = _runtime_bases(bundle)
+        _runtime_sigmoid(bundle)
         sizes = (bins, bundle.block_len if bases is None else bases[0].shape[1])
         for sm, n in zip(bundle.submodels, sizes, strict=True):
             for t in (sm.input(sm.data_input), sm.output(sm.data_output)):
@@ -68,6 +88,7 @@ class DTLN:
         self._rms_norm = bool(bundle.family_options.get("frame_rms_norm", False))
         self._log_mag = bool(bundle.family_options.get("log_mag", False))
         self._enc, self._dec = _runtime_bases(bundle) or (None, None)
+        self._act = _sigmoid if _runtime_sigmoid(bundle) else None
 
     def reset(self) -> None:
         self._mask.reset()
@@ -78,13 +99,16 @@ class DTLN:
         if self._log_mag:
             mag = np.log(mag + np.float32(1e-7))
         mask = self._mask(mag.reshape(self._mask_shape))
+        if self._act is not None:
+            mask = self._act(mask)
         frame = self._irfft(spec * mask.reshape(-1)).astype(np.float32)
         if self._rms_norm:
             rms = max(float(np.sqrt(np.mean(np.square(frame, dtype=np.float64)))), 1e-4)
             frame = frame / np.float32(rms)
         if self._enc is not None:
             enc = frame @ self._enc
-            out = (enc * self._frame(enc.reshape(self._frame_shape)).reshape(-1)) @ self._dec
+            m2 = self._frame(enc.reshape(self._frame_shape)).reshape(-1)
+            out = (enc * (m2 if self._act is None else self._act(m2))) @ self._dec
         else:
             out = self._frame(frame.reshape(self._frame_shape)).reshape(-1)
         return out * np.float32(rms) if self._rms_norm else out
@@ -97,6 +121,8 @@ class DTLN:
         if self._log_mag:
             mag = np.log(mag + np.float32(1e-7))
         mask = self._mask.frames(mag.reshape(1, t, *self._mask_shape[2:]))
+        if self._act is not None:
+            mask = self._act(mask)
         frame = self._irfft(spec * mask.reshape(t, -1)).astype(np.float32)
         if self._rms_norm:
             rms = np.maximum(np.sqrt(np.mean(np.square(frame, dtype=np.float64), axis=1)), 1e-4)
@@ -104,7 +130,8 @@ class DTLN:
             frame = frame / rms
         if self._enc is not None:
             enc = frame @ self._enc
-            out = (enc * self._frame.frames(enc.reshape(1, t, *self._frame_shape[2:])).reshape(t, -1)) @ self._dec
+            m2 = self._frame.frames(enc.reshape(1, t, *self._frame_shape[2:])).reshape(t, -1)
+            out = (enc * (m2 if self._act is None else self._act(m2))) @ self._dec
         else:
             out = self._frame.frames(frame.reshape(1, t, *self._frame_shape[2:])).reshape(t, -1)
         return out * rms if self._rms_norm else out
