@@ -185,6 +185,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--floor-rows", type=int, default=64,
                    help="rows per call when timing the batch-axis graphs (0: skip them)")
+    p.add_argument("--result", default="throughput", help="results file name (bench/results/NAME.json)")
     args = p.parse_args()
     bundles = []
     for folder in map(Path, args.bundle):
@@ -220,7 +221,7 @@ def main() -> int:
                   "hops in order could gain here (its recurrent products stay at batch 1 and it still pays the "
                   "FFTs). PoCoNet's T-block graphs run below it."],
     }
-    write_result("throughput", result)
+    write_result(args.result, result)
     for run in runs:
         s, o = run["speed_up"], run["output"]
         print(f"{run['bundle']}: speed-up median {s['median']:.2f}x (min {s['min']:.2f}, max {s['max']:.2f}); "
