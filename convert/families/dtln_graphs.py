@@ -36,9 +36,9 @@ class StreamOptions:
     floor under suppressed ones."""
     mask_logits: bool = False
     """Both submodels return their mask's logits; the runtime applies the sigmoid in float32 (needs
-    ``bases_outside``: with the bases in the graph, stage 2 applies its mask itself). Full int8 needs it: an
-    int8 sigmoid output is rounded to steps of 1/256, the largest single loss of the int8 graph (about 8 dB
-    of its SNR against float, see docs/generalisation.md); logits keep their own range."""
+    ``bases_outside``: with the bases in the graph, stage 2 applies its mask itself). Full int8 uses it: an
+    int8 sigmoid output is rounded to steps of 1/256, which cost ``DTLN_norm_500h.h5``'s stage 1 8 dB of its
+    SNR against float (docs/generalisation.md); logits keep their own calibrated range."""
 
 
 def stream_options_for(quantize: str | Mode, cfg: DTLNConfig, opts: StreamOptions | None = None) -> StreamOptions:
