@@ -121,6 +121,21 @@ def _fq_weights(w):
     return tf.quantization.fake_quant_with_min_max_vars_per_channel(w, -m, m, num_bits=8, narrow_range=True)
 
 
+def _grown_range(var, seen):
+    """A tracked range after a training step that saw max |x| = ``seen``: up at once, down by RANGE_DECAY at most
+    (``seen`` itself while the range is still unknown, 0)."""
+    import tensorflow as tf
+
+    return tf.where(var > 0, tf.maximum(seen, var * RANGE_DECAY), seen)
+
+
+def _fq_range(x, r):
+    """int8 rounding of ``x`` on +-``r`` (a tensor); gradients pass straight through inside it."""
+    import tensorflow as tf
+
+    return tf.quantization.fake_quant_with_min_max_vars(x, -r, r, num_bits=8)
+
+
 def _fq_tracked(x, var, training):
     """int8 rounding of ``x`` on +-``var``, the running maximum of |x| seen in training: what the converter's
     calibration sets from data. Unrounded while the range is still unknown (0)."""
@@ -128,11 +143,9 @@ def _fq_tracked(x, var, training):
 
     r = var
     if training:
-        m = tf.reduce_max(tf.abs(x))
-        r = tf.where(var > 0, tf.maximum(m, var * RANGE_DECAY), m)
+        r = _grown_range(var, tf.reduce_max(tf.abs(x)))
         var.assign(r)
-    r = tf.stop_gradient(tf.maximum(tf.convert_to_tensor(r), 1e-6))
-    q = tf.quantization.fake_quant_with_min_max_vars(x, -r, r, num_bits=8)
+    q = _fq_range(x, tf.stop_gradient(tf.maximum(tf.convert_to_tensor(r), 1e-6)))
     return q if training else tf.where(var > 0, q, x)
 
 
@@ -191,7 +204,7 @@ class QATLSTM(_OwnWeightsOnly, keras.layers.Layer):
             h, c, seen = carry
             hu = tf.matmul(h, u)
             seen = tf.maximum(seen, tf.reduce_max(tf.abs(hu)))
-            hu = tf.where(known, tf.quantization.fake_quant_with_min_max_vars(hu, -r, r, num_bits=8), hu)
+            hu = tf.where(known, _fq_range(hu, r), hu)
             z = _fq(tf.clip_by_value(xw_t + hu + self.bias, -gc, gc), -gc, gc * 127 / 128)
             i, f, g, o = tf.split(z, 4, axis=-1)
             fc = _fq(tf.sigmoid(f), 0.0, 1.0) * c
@@ -203,7 +216,7 @@ class QATLSTM(_OwnWeightsOnly, keras.layers.Layer):
 
         hs, _, seen = tf.scan(step, tf.transpose(xw, (1, 0, 2)), initializer=(zeros, zeros, tf.zeros((), x.dtype)))
         if training:
-            self.range_hu.assign(tf.where(known, tf.maximum(seen[-1], r_hu * RANGE_DECAY), seen[-1]))
+            self.range_hu.assign(_grown_range(r_hu, seen[-1]))
         return tf.transpose(hs, (1, 0, 2))
 
     def get_config(self):

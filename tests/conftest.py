@@ -60,8 +60,7 @@ def build_fixture(name: str, path: Path) -> None:
     verify = {"verify_audio": [noise_audio()], "verify_names": ["noise"]}
     if name == "small-none":  # a randomly initialised small DTLN, float32, verified
         convert(small_weights(), "none", str(path), **verify)
-    elif name == "bases":  # stage 2 bases and both sigmoids applied by the runtime (the full int8 layout),
-        # >= 60 dB (float16 bases)
+    elif name == "bases":  # stage 2 bases and both sigmoids in the runtime (full int8's layout), >= 60 dB
         convert(small_weights(), "none", str(path), tolerance_db=60.0,
                 opts=StreamOptions(frame_rms_norm=True, bases_outside=True, mask_logits=True), **verify)
     elif name == "identity":

@@ -39,8 +39,13 @@ def _runtime_sigmoid(bundle: Bundle) -> bool:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    """float32 logistic, no overflow warning for large negative logits."""
-    return np.float32(0.5) * (np.tanh(np.float32(0.5) * z) + np.float32(1.0))
+    """float32 logistic as 0.5 * (tanh(z / 2) + 1): no overflow warning for large negative logits; one new array
+    (the per-block loop runs it twice every hop)."""
+    out = np.multiply(z, np.float32(0.5), dtype=np.float32)
+    np.tanh(out, out=out)
+    out += np.float32(1.0)
+    out *= np.float32(0.5)
+    return out
 
 
 class DTLN:
