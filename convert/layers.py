@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -149,6 +150,31 @@ def _fq_tracked(x, var, training):
     return q if training else tf.where(var > 0, q, x)
 
 
+class _Int8Simulation:
+    """A QAT layer: rounds as the full-int8 graph does while ``simulate`` is True; computes the same network in
+    float (nothing rounded, no range updated) while it is False (``float_twin``)."""
+
+    simulate = True
+
+
+@contextmanager
+def float_twin(model):
+    """Inside this block the QAT layers of ``model`` compute in float: the model is then its own float32 graph
+    (same weights and clips), the reference the int8 simulation is compared with (``--consistency``)."""
+    layers = [layer for layer in model.layers if isinstance(layer, _Int8Simulation)]
+    for layer in layers:
+        layer.simulate = False
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.simulate = True
+
+
+def _no_fq(x, *_):
+    return x
+
+
 class _OwnWeightsOnly:
     """get/set_weights see the model's weights only, not the tracked ranges (the h5 layout has none)."""
 
@@ -165,7 +191,7 @@ class _OwnWeightsOnly:
             v.assign(w)
 
 
-class QATLSTM(_OwnWeightsOnly, keras.layers.Layer):
+class QATLSTM(_Int8Simulation, _OwnWeightsOnly, keras.layers.Layer):
     """Training-time LSTM over a sequence that rounds what the full-int8 graph rounds: its input, the int8
     weights (per channel), ``x @ W`` and ``h @ U`` each on its own range (running maxima, as calibration
     sets them), the clipped gate sum, the sigmoid and tanh outputs, the cell state and ``h``. Same weights,
@@ -189,11 +215,16 @@ class QATLSTM(_OwnWeightsOnly, keras.layers.Layer):
     def call(self, x, training=None):
         import tensorflow as tf
 
-        training = bool(training)
+        sim = self.simulate
+        training = bool(training) and sim
         gc, cc = self.gate_clip, self.cell_clip
-        x = _fq_tracked(x, self.range_x, training)
-        xw = _fq_tracked(tf.matmul(x, _fq_weights(self.kernel)), self.range_xw, training)
-        u = _fq_weights(self.recurrent_kernel)
+        q = _fq if sim else _no_fq
+        if sim:
+            x = _fq_tracked(x, self.range_x, training)
+            xw = _fq_tracked(tf.matmul(x, _fq_weights(self.kernel)), self.range_xw, training)
+            u = _fq_weights(self.recurrent_kernel)
+        else:
+            xw, u = tf.matmul(x, self.kernel), self.recurrent_kernel
         r_hu = tf.convert_to_tensor(self.range_hu)
         known = r_hu > 0
         r = tf.maximum(r_hu, 1e-6)
@@ -203,15 +234,16 @@ class QATLSTM(_OwnWeightsOnly, keras.layers.Layer):
         def step(carry, xw_t):
             h, c, seen = carry
             hu = tf.matmul(h, u)
-            seen = tf.maximum(seen, tf.reduce_max(tf.abs(hu)))
-            hu = tf.where(known, _fq_range(hu, r), hu)
-            z = _fq(tf.clip_by_value(xw_t + hu + self.bias, -gc, gc), -gc, gc * 127 / 128)
+            if sim:
+                seen = tf.maximum(seen, tf.reduce_max(tf.abs(hu)))
+                hu = tf.where(known, _fq_range(hu, r), hu)
+            z = q(tf.clip_by_value(xw_t + hu + self.bias, -gc, gc), -gc, gc * 127 / 128)
             i, f, g, o = tf.split(z, 4, axis=-1)
-            fc = _fq(tf.sigmoid(f), 0.0, 1.0) * c
-            ig = _fq(tf.sigmoid(i), 0.0, 1.0) * _fq(tf.tanh(g), -1.0, 127 / 128)
-            c = _fq(tf.clip_by_value(_fq(fc, -cc, cc * 127 / 128) + _fq(ig, -1.0, 127 / 128), -cc, cc),
-                    -cc, cc * 127 / 128)
-            h = _fq(_fq(tf.sigmoid(o), 0.0, 1.0) * _fq(tf.tanh(c), -1.0, 127 / 128), -1.0, 127 / 128)
+            fc = q(tf.sigmoid(f), 0.0, 1.0) * c
+            ig = q(tf.sigmoid(i), 0.0, 1.0) * q(tf.tanh(g), -1.0, 127 / 128)
+            c = q(tf.clip_by_value(q(fc, -cc, cc * 127 / 128) + q(ig, -1.0, 127 / 128), -cc, cc),
+                  -cc, cc * 127 / 128)
+            h = q(q(tf.sigmoid(o), 0.0, 1.0) * q(tf.tanh(c), -1.0, 127 / 128), -1.0, 127 / 128)
             return h, c, seen
 
         hs, _, seen = tf.scan(step, tf.transpose(xw, (1, 0, 2)), initializer=(zeros, zeros, tf.zeros((), x.dtype)))
@@ -223,7 +255,7 @@ class QATLSTM(_OwnWeightsOnly, keras.layers.Layer):
         return {**super().get_config(), "units": self.units, "gate_clip": self.gate_clip, "cell_clip": self.cell_clip}
 
 
-class QATDense(_OwnWeightsOnly, keras.layers.Layer):
+class QATDense(_Int8Simulation, _OwnWeightsOnly, keras.layers.Layer):
     """Training-time sigmoid Dense as full int8 computes it: int8 weights per channel, its logits on a tracked
     range; the sigmoid in float, as the runtime applies it (the int8 mode's ``runtime_sigmoid``). Same
     weights as a Keras Dense."""
@@ -242,6 +274,8 @@ class QATDense(_OwnWeightsOnly, keras.layers.Layer):
     def call(self, x, training=None):
         import tensorflow as tf
 
+        if not self.simulate:
+            return tf.sigmoid(tf.matmul(x, self.kernel) + self.bias)
         z = tf.matmul(x, _fq_weights(self.kernel)) + self.bias
         return tf.sigmoid(_fq_tracked(z, self.range_sum, bool(training)))
 
@@ -249,14 +283,14 @@ class QATDense(_OwnWeightsOnly, keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
-class TrackedFakeQuant(keras.layers.Layer):
+class TrackedFakeQuant(_Int8Simulation, keras.layers.Layer):
     """Training-time int8 rounding of a tensor on its tracked range (e.g. an integer graph's input)."""
 
     def build(self, shape):
         self.range = self.add_weight(shape=(), name="range", initializer="zeros", trainable=False)
 
     def call(self, x, training=None):
-        return _fq_tracked(x, self.range, bool(training))
+        return _fq_tracked(x, self.range, bool(training)) if self.simulate else x
 
 
 class QLSTMCell(keras.layers.Layer):

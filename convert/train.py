@@ -68,6 +68,14 @@ def spectral_loss(clean, est, block_len: int, block_shift: int):
     return -tf.reduce_mean(10.0 * tf.math.log(ratio + 1e-8) / tf.math.log(10.0))
 
 
+def snr_loss(ref, est):
+    """Negative SNR in dB of ``est`` against ``ref`` (no rescaling), mean over the batch."""
+    import tensorflow as tf
+
+    ratio = tf.reduce_sum(ref ** 2, axis=1) / (tf.reduce_sum((ref - est) ** 2, axis=1) + 1e-10)
+    return -tf.reduce_mean(10.0 * tf.math.log(ratio + 1e-10) / tf.math.log(10.0))
+
+
 def segment_samples(seconds: float, arch) -> int:
     """``seconds`` rounded to block_len + k * block_shift samples of the model's framing (``arch``: its config),
     so that the framed output has exactly the input's length."""
@@ -181,7 +189,9 @@ class Run:
         """(train_step, dev_step) as tf.functions of this run's model and optimiser."""
         import tensorflow as tf
 
-        model, opt, spectral = self.model, self.opt, self.tc.spectral
+        from .layers import float_twin
+
+        model, opt, spectral, consistency = self.model, self.opt, self.tc.spectral, self.tc.consistency
         framing = (self.arch.block_len, self.arch.block_shift)
 
         @tf.function(reduce_retracing=True)
@@ -191,6 +201,10 @@ class Run:
                 loss = si_sdr_loss(clean, est)
                 if spectral:
                     loss += spectral * spectral_loss(clean, est, *framing)
+                if consistency:  # both outputs move: the float twin towards the simulation and back
+                    with float_twin(model):
+                        ref = model(noisy, training=True)
+                    loss += consistency * snr_loss(ref, est)
             grads = tape.gradient(loss, model.trainable_variables)
             opt.apply(grads, model.trainable_variables)
             return loss
@@ -198,7 +212,11 @@ class Run:
         @tf.function(reduce_retracing=True)
         def dev_step(noisy, clean):
             est = model(noisy, training=False)
-            return si_sdr_loss(clean, est), spectral_loss(clean, est, *framing)
+            cons = tf.constant(0.0)
+            if consistency:
+                with float_twin(model):
+                    cons = snr_loss(model(noisy, training=False), est)
+            return si_sdr_loss(clean, est), spectral_loss(clean, est, *framing), cons
 
         return train_step, dev_step
 
@@ -224,31 +242,38 @@ class Run:
         tc, st = self.tc, self.st
         train_step, dev_step = self._steps()
 
-        def dev_score(pairs) -> tuple[float, float]:
-            """(negative SI-SDR, spectral loss) over a dev set, batches of 32 weighted by their size."""
+        def dev_score(pairs) -> tuple[float, float, float]:
+            """(negative SI-SDR, spectral loss, consistency loss) over a dev set, batches of 32 weighted by their
+            size."""
             losses = np.array([[float(v) * len(pairs[0][i:i + 32]) for v in dev_step(pairs[0][i:i + 32],
                                                                                     pairs[1][i:i + 32])]
                                for i in range(0, len(pairs[0]), 32)])
-            return float(losses[:, 0].sum() / len(pairs[0])), float(losses[:, 1].sum() / len(pairs[0]))
+            return tuple(float(v) for v in losses.sum(axis=0) / len(pairs[0]))
+
+        summed = bool(tc.spectral or tc.consistency)  # the dev loss is a sum, not the SI-SDR alone
+
+        def best() -> dict:
+            return ({"best_dev_loss": round(st["best_dev"], 3)} if summed
+                    else {"best_dev_si_sdr": round(-st["best_dev"], 3)})
 
         stop_at = time.time() + tc.max_hours * 3600 if tc.max_hours else None
         it = self._batches(mixer)
         while st["epoch"] < tc.epochs:
             te = time.time()
             losses = self._train_epoch(it, train_step, te)
-            d_si, d_spec = dev_score(dev)
-            d = d_si + tc.spectral * d_spec
-            extra = {}
+            d_si, d_spec, d_cons = dev_score(dev)
+            d = d_si + tc.spectral * d_spec + tc.consistency * d_cons
+            extra = {"dev_int8_sim_snr": round(-d_cons, 3)} if tc.consistency else {}
             if select is not None:  # checkpoints are chosen on the generalisation set
-                g_si, g_spec = dev_score(select)
-                extra = {"fixed_dev_loss": round(d, 3), "sel_si_sdr": round(-g_si, 3),
-                         "sel_spectral_snr": round(-g_spec, 3)}
-                d = g_si + tc.spectral * g_spec
+                g_si, g_spec, g_cons = dev_score(select)
+                extra.update({"fixed_dev_loss": round(d, 3), "sel_si_sdr": round(-g_si, 3),
+                              "sel_spectral_snr": round(-g_spec, 3)},
+                             **({"sel_int8_sim_snr": round(-g_cons, 3)} if tc.consistency else {}))
+                d = g_si + tc.spectral * g_spec + tc.consistency * g_cons
             elapsed = self._end_epoch(d, time.time() - te)
             self.log(event="epoch", epoch=st["epoch"], step=st["step"], train_loss=round(float(np.mean(losses)), 3),
                      dev_si_sdr=round(-d_si, 3), dev_spectral_snr=round(-d_spec, 3),
-                     **({"dev_loss": round(d, 3), "best_dev_loss": round(st["best_dev"], 3)} if tc.spectral
-                        else {"best_dev_si_sdr": round(-st["best_dev"], 3)}), lr=st["lr"], **extra,
+                     **({"dev_loss": round(d, 3)} if summed else {}), **best(), lr=st["lr"], **extra,
                      audio_hours=round(st["audio_seconds"] / 3600, 2),
                      audio_per_s=round(self._epoch_audio_seconds() / elapsed, 1),
                      wall_hours=round(st["seconds"] / 3600, 3))
@@ -259,8 +284,7 @@ class Run:
             if stop_at and time.time() > stop_at:
                 self.log(event="time_limit", epoch=st["epoch"])
                 break
-        self.log(event="done", epochs=st["epoch"], **({"best_dev_loss": round(st["best_dev"], 3)} if tc.spectral
-                                                       else {"best_dev_si_sdr": round(-st["best_dev"], 3)}))
+        self.log(event="done", epochs=st["epoch"], **best())
 
     def _epoch_audio_seconds(self) -> float:
         return self.tc.steps_per_epoch * self.tc.batch * self.seg / self.arch.sample_rate

@@ -52,6 +52,8 @@ class TrainConfig:
     speech_highpass: float = 0.0
     """Hertz; 0 = off."""
     spectral: float = 0.0
+    consistency: float = 0.0
+    """With --qat: weight of the int8 simulation's distance from the same weights in float."""
     babble: float = 0.0
     noise_eq: float = 0.0
     """dB; 0 = off."""
@@ -77,6 +79,8 @@ class TrainConfig:
             raise ConvertError(f"--speed {self.speed}: a relative range from 0 to 0.5")
         if not 0 <= self.reverb <= 1:
             raise ConvertError(f"--reverb {self.reverb}: a share of mixes, from 0 to 1")
+        if self.consistency < 0 or (self.consistency and not self.qat):
+            raise ConvertError(f"--consistency {self.consistency:g}: a weight of 0 or more, and only with --qat")
         if len(self.snr) != 2 or self.snr[0] > self.snr[1]:
             raise ConvertError(f"--snr {' '.join(f'{v:g}' for v in self.snr)}: LOW above HIGH")
 
@@ -94,6 +98,7 @@ RUN_ONLY = ("out", "resume", "max_hours")
 SAME_ON_RESUME = {
     "family": "it trains that model",
     "spectral": "its best dev loss only compares under the same loss",
+    "consistency": "its best dev loss only compares under the same loss",
     "speech_highpass": "its dev mixes only compare under the same",
     "model_config": "a resumed run keeps its architecture",
     "units": "a resumed run keeps its architecture",
@@ -144,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "--gate-clip, cell state to --cell-clip, and what the int8 graph rounds rounded in "
                         "training: the input, weights (per channel), x@W and h@U and the mask logits on "
                         "ranges tracked like calibration, the gates, c and h")
+    p.add_argument("--consistency", type=float, metavar="W",
+                   help="with --qat: add W x the negative SNR in dB of the int8 simulation's output against the "
+                        "same weights computed in float (what the converter's 25 dB int8 gate measures); dev "
+                        "selection uses the same sum; turns dropout off, so both see the same network "
+                        "(default: 0)")
     p.add_argument("--gate-clip", type=float, help=f"with --qat (default: {d.gate_clip:g})")
     p.add_argument("--cell-clip", type=float, help=f"with --qat (default: {d.cell_clip:g})")
     p.add_argument("--speech-highpass", type=float, metavar="HZ",

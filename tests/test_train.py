@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -385,3 +386,39 @@ def test_qat_dtln_keeps_the_weight_layout_and_rounds_the_graph_input():
     y = np.asarray(model(audio, training=True))
     assert np.isfinite(y).all() and float(log_mag.range.numpy()) > 0
     assert all(float(v.numpy()) > 0 for v in model.non_trainable_weights if "range" in v.name)
+
+
+def test_float_twin_is_the_same_network_in_float_and_leaves_the_ranges_alone():
+    """``float_twin`` turns the --qat DTLN into its own float graph (the clipped float LSTMs of the same
+    weights), updates no range, and the simulation rounds again once the block ends."""
+    from convert.families.dtln import DTLNConfig, DTLNWeights, build_training_model
+    from convert.layers import float_twin
+
+    flt_cfg = DTLNConfig(units=16, encoder_size=32, norm_mag=True, gate_clip=8.0, cell_clip=8.0, dropout=0.0)
+    cfg = replace(flt_cfg, qat=True)  # --consistency turns dropout off, as here
+    w = DTLNWeights.random(cfg, seed=5)
+    sim = build_training_model(cfg, w)
+    flt = build_training_model(flt_cfg, DTLNWeights(flt_cfg, w.arrays))
+    audio = (0.1 * np.random.default_rng(6).standard_normal((2, 4096))).astype(np.float32)
+    sim(audio, training=True)  # ranges known: the simulation now rounds
+    ranges = [float(v.numpy()) for v in sim.non_trainable_weights]
+    rounded = np.asarray(sim(audio, training=False))
+    want = np.asarray(flt(audio, training=False))
+    with float_twin(sim):
+        twin = np.asarray(sim(audio, training=True))  # no range may move
+    np.testing.assert_allclose(twin, want, atol=1e-5)
+    assert [float(v.numpy()) for v in sim.non_trainable_weights] == ranges
+    assert np.max(np.abs(rounded - want)) > 1e-3  # the simulation is not the float graph ...
+    np.testing.assert_array_equal(np.asarray(sim(audio, training=False)), rounded)  # ... and rounds again after
+
+
+def test_consistency_term_is_logged_and_needs_qat(tiny_data, tmp_path):
+    from convert.train import main
+
+    log = _train(tiny_data, tmp_path / "c", "--epochs", "1", "--qat", "--consistency", "0.5")
+    epoch = [r for r in log if r["event"] == "epoch"][0]
+    assert 0 < epoch["dev_int8_sim_snr"] < 80  # rounded output, measured against the float twin
+    assert epoch["dev_loss"] == pytest.approx(-epoch["dev_si_sdr"] - 0.5 * epoch["dev_int8_sim_snr"], abs=0.01)
+    state = json.loads((tmp_path / "c" / "state.json").read_text())
+    assert state["config"]["consistency"] == 0.5
+    assert main(["--out", str(tmp_path / "no"), "--data", str(tiny_data), "--consistency", "1"]) == 2

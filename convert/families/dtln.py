@@ -331,6 +331,8 @@ def train_architecture(tc, last: Path | None) -> tuple[DTLNConfig, DTLNWeights |
         raise ConvertError("--model-config is poconet-only; a DTLN's architecture comes from --units/--plain/--init")
     if tc.qat:
         cfg = replace(cfg, qat=True, gate_clip=tc.gate_clip, cell_clip=tc.cell_clip)
+    if tc.consistency:  # the simulation and its float twin must see the same network, not two dropout masks
+        cfg = replace(cfg, dropout=0.0)
     return cfg, DTLNWeights(cfg, init.arrays) if init else None
 
 
