@@ -34,13 +34,16 @@ class InstantLayerNorm(keras.layers.Layer):
 
 
 class LSTMStep(keras.layers.Layer):
-    """One LSTM time step with explicit state, Keras gate order (i, f, c, o)."""
+    """One LSTM time step with explicit state, Keras gate order (i, f, c, o). ``bias_first``: the sum is
+    ``(x @ W + b) + h @ U`` (the bias goes into the input product's FULLY_CONNECTED) instead of Keras'
+    ``(x @ W + h @ U) + b``; the same in float up to rounding, one int8 rounding fewer in integer graphs."""
 
-    def __init__(self, units, clip_cell=None, clip_gates=None, **kw):
+    def __init__(self, units, clip_cell=None, clip_gates=None, bias_first=False, **kw):
         super().__init__(**kw)
         self.units = units
         self.clip_cell = clip_cell
         self.clip_gates = clip_gates
+        self.bias_first = bias_first
 
     def build(self, shapes):
         n_in = shapes[0][-1]
@@ -50,7 +53,10 @@ class LSTMStep(keras.layers.Layer):
 
     def call(self, inputs):
         x, h, c = inputs
-        z = ops.matmul(x, self.kernel) + ops.matmul(h, self.recurrent_kernel) + self.bias
+        if self.bias_first:
+            z = (ops.matmul(x, self.kernel) + self.bias) + ops.matmul(h, self.recurrent_kernel)
+        else:
+            z = ops.matmul(x, self.kernel) + ops.matmul(h, self.recurrent_kernel) + self.bias
         if self.clip_gates is not None:
             z = ops.clip(z, -self.clip_gates, self.clip_gates)
         i, f, g, o = ops.split(z, 4, axis=-1)
@@ -63,13 +69,14 @@ class LSTMStep(keras.layers.Layer):
 
 class SeqLSTM(keras.layers.Layer):
     """An LSTM over a whole (T, n_in) sequence with explicit state: the input product for all T rows in one
-    matmul, then T unrolled steps (plain ops, no WHILE); same weights and sum order as ``LSTMStep``.
+    matmul, then T unrolled steps (plain ops, no WHILE); same weights and sum order as ``LSTMStep`` (and its
+    ``bias_first``).
     Returns (all T hidden rows, last h, last c)."""
 
-    def __init__(self, units, steps, clip_cell=None, clip_gates=None, **kw):
+    def __init__(self, units, steps, clip_cell=None, clip_gates=None, bias_first=False, **kw):
         super().__init__(**kw)
         self.units, self.steps = units, steps
-        self.clip_cell, self.clip_gates = clip_cell, clip_gates
+        self.clip_cell, self.clip_gates, self.bias_first = clip_cell, clip_gates, bias_first
 
     def build(self, shapes):
         n_in = shapes[0][-1]
@@ -80,10 +87,14 @@ class SeqLSTM(keras.layers.Layer):
     def call(self, inputs):
         x, h, c = inputs
         zxs = ops.matmul(x, self.kernel)
+        if self.bias_first:
+            zxs = zxs + self.bias
         hs = []
         for t in range(self.steps):
             zx = zxs[t:t + 1]  # a static slice per row: XNNPACK takes it (a 64-way SPLIT it does not)
-            z = zx + ops.matmul(h, self.recurrent_kernel) + self.bias
+            z = zx + ops.matmul(h, self.recurrent_kernel)
+            if not self.bias_first:
+                z = z + self.bias
             if self.clip_gates is not None:
                 z = ops.clip(z, -self.clip_gates, self.clip_gates)
             i, f, g, o = ops.split(z, 4, axis=-1)
@@ -193,7 +204,7 @@ class _OwnWeightsOnly:
 
 class QATLSTM(_Int8Simulation, _OwnWeightsOnly, keras.layers.Layer):
     """Training-time LSTM over a sequence that rounds what the full-int8 graph rounds: its input, the int8
-    weights (per channel), ``x @ W`` and ``h @ U`` each on its own range (running maxima, as calibration
+    weights (per channel), ``x @ W + b`` and ``h @ U`` each on its own range (running maxima, as calibration
     sets them), the clipped gate sum, the sigmoid and tanh outputs, the cell state and ``h``. Same weights,
     names and gate order (i, f, c, o) as a Keras LSTM."""
 
@@ -219,12 +230,12 @@ class QATLSTM(_Int8Simulation, _OwnWeightsOnly, keras.layers.Layer):
         training = bool(training) and sim
         gc, cc = self.gate_clip, self.cell_clip
         q = _fq if sim else _no_fq
-        if sim:
+        if sim:  # the bias inside the input product, as the int8 graph adds it (``bias_first``)
             x = _fq_tracked(x, self.range_x, training)
-            xw = _fq_tracked(tf.matmul(x, _fq_weights(self.kernel)), self.range_xw, training)
+            xw = _fq_tracked(tf.matmul(x, _fq_weights(self.kernel)) + self.bias, self.range_xw, training)
             u = _fq_weights(self.recurrent_kernel)
         else:
-            xw, u = tf.matmul(x, self.kernel), self.recurrent_kernel
+            xw, u = tf.matmul(x, self.kernel) + self.bias, self.recurrent_kernel
         r_hu = tf.convert_to_tensor(self.range_hu)
         known = r_hu > 0
         r = tf.maximum(r_hu, 1e-6)
@@ -237,7 +248,7 @@ class QATLSTM(_Int8Simulation, _OwnWeightsOnly, keras.layers.Layer):
             if sim:
                 seen = tf.maximum(seen, tf.reduce_max(tf.abs(hu)))
                 hu = tf.where(known, _fq_range(hu, r), hu)
-            z = q(tf.clip_by_value(xw_t + hu + self.bias, -gc, gc), -gc, gc * 127 / 128)
+            z = q(tf.clip_by_value(xw_t + hu, -gc, gc), -gc, gc * 127 / 128)
             i, f, g, o = tf.split(z, 4, axis=-1)
             fc = q(tf.sigmoid(f), 0.0, 1.0) * c
             ig = q(tf.sigmoid(i), 0.0, 1.0) * q(tf.tanh(g), -1.0, 127 / 128)

@@ -20,6 +20,7 @@ GRAPH_CHANGES = {
     "runtime_log": "the runtime feeds log-magnitudes, so no LOG op is in the graph",
     "runtime_bases": "learned analysis/synthesis bases run in the runtime in float32, outside the graph",
     "runtime_sigmoid": "the graph returns mask logits, the runtime applies the sigmoid in float32",
+    "gate_bias_first": "each LSTM adds its bias to x @ W before h @ U (one integer rounding fewer)",
 }
 """Graph changes a mode may ask for; a family applies those its architecture has and ignores the rest."""
 
@@ -94,7 +95,7 @@ MODES: dict[str, Mode] = {m.name: m for m in (
     Mode("dynamic", "dynamic", 30.0, ("ai-edge-litert", "tensorflow>=2.16"),  # per-channel FULLY_CONNECTED v12
          optimize=True, batched=SameOutput(snr_db=30.0)),
     Mode("int8", "int8", 25.0, _EVERYWHERE, optimize=True, integer_ops="TFLITE_BUILTINS_INT8",
-         graph_changes=_INTEGER | {"runtime_bases", "runtime_sigmoid"}),
+         graph_changes=_INTEGER | {"runtime_bases", "runtime_sigmoid", "gate_bias_first"}),
     Mode("int16x8", "int16x8", 30.0, ("ai-edge-litert", "tensorflow>=2.16"),  # int16 RSQRT
          optimize=True, integer_ops="EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8",
          graph_changes=_INTEGER),

@@ -158,6 +158,34 @@ def test_int8_bundle_carries_int8_through_fully_connected(tmp_path):
                 assert details[t]["dtype"] == np.int8, (io.name, details[t]["name"], details[t]["dtype"])
 
 
+def test_int8_adds_each_lstm_bias_to_the_input_product():
+    """Full int8's ``bias_first``: (x @ W + b) + h @ U, the bias inside the input product's FULLY_CONNECTED, so the
+    int8 graph has one ADD (one rounding on the wide range of x @ W + h @ U) fewer per LSTM; in float it is the
+    same network."""
+    import dataclasses
+
+    from convert.export import to_tflite
+    from convert.families.dtln import build_streaming_models, stream_options_for
+    from edge.interpreter import make_interpreter
+
+    w = small_weights(seed=3)
+    opts = stream_options_for("int8", w.config)
+    assert opts.bias_first
+    def fed(io, rng):
+        return {n: (rng.random(s) * (3 if n == "mag" else 1)).astype(np.float32) for n, s in io.inputs}
+
+    adds, outs = {}, {}
+    for first in (True, False):
+        for model, io in build_streaming_models(w, dataclasses.replace(opts, bias_first=first)):
+            outs[first, io.name] = np.asarray(model(fed(io, np.random.default_rng(1)))[io.data_output])
+            calib = [fed(io, np.random.default_rng(k)) for k in range(20)]
+            it = make_interpreter(to_tflite(model, io.inputs, "int8", lambda calib=calib: iter(calib)))
+            adds[first, io.name] = sum(op["op_name"] == "ADD" for op in it._get_ops_details())
+    for name in ("mask", "frame"):
+        assert adds[False, name] - adds[True, name] == w.config.layers, (name, adds)
+        np.testing.assert_allclose(outs[True, name], outs[False, name], atol=1e-5)
+
+
 def test_int8_applies_stage2_bases_and_the_sigmoids_in_the_runtime(tmp_path):
     """Full int8 keeps stage 2's encoder/decoder out of the graph (the bundle carries them as arrays) and
     returns mask logits (an int8 sigmoid output would be rounded to 1/256 steps)."""

@@ -70,7 +70,7 @@ def test_dtln_graph_changes_follow_the_mode_table():
     assert not i16.bases_outside and not i16.mask_logits
     assert stream_options_for("int8", cfg) == StreamOptions(split_states=True, clip_cell=8.0, frame_rms_norm=True,
                                                             log_mag_outside=True, bases_outside=True,
-                                                            mask_logits=True)
+                                                            mask_logits=True, bias_first=True)
 
 
 def test_default_weights_are_said_not_chosen_silently(tmp_path, capsys):

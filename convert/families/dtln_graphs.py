@@ -41,6 +41,13 @@ class StreamOptions:
     SNR against float (docs/generalisation.md); logits keep their own calibrated range."""
 
 
+    bias_first: bool = False
+    """Each LSTM adds its bias to ``x @ W`` (inside that FULLY_CONNECTED) before ``h @ U``. Full int8 uses it:
+    with Keras' order the int8 graph rounds ``x @ W + h @ U`` on that sum's own wide range (+-24, steps of
+    0.19, in the first LSTM of a QAT model) before the bias and the clip; with the bias first the one ADD
+    writes straight onto the clip's +-8 range (steps of 1/16)."""
+
+
 def stream_options_for(quantize: str | Mode, cfg: DTLNConfig, opts: StreamOptions | None = None) -> StreamOptions:
     """The graph changes the mode's table entry asks for (``convert.modes``), unless the caller overrides them.
 
@@ -53,7 +60,8 @@ def stream_options_for(quantize: str | Mode, cfg: DTLNConfig, opts: StreamOption
                          clip_cell=(cfg.cell_clip or 8.0) if "bounded_cell" in changes else cfg.cell_clip,
                          clip_gates=cfg.gate_clip, frame_rms_norm="runtime_frame_norm" in changes,
                          log_mag_outside=cfg.norm_mag and "runtime_log" in changes,
-                         bases_outside="runtime_bases" in changes, mask_logits="runtime_sigmoid" in changes)
+                         bases_outside="runtime_bases" in changes, mask_logits="runtime_sigmoid" in changes,
+                         bias_first="gate_bias_first" in changes)
 
 
 def _state_io(keras, prefix: str, cfg: DTLNConfig, opts: StreamOptions, rows: int = 1):
@@ -141,10 +149,11 @@ def build_streaming_models(weights: DTLNWeights, opts: StreamOptions = StreamOpt
         hcs = []
         for k in range(cfg.layers):
             if frames > 1:
-                h, hk, ck = SeqLSTM(cfg.units, frames, opts.clip_cell, opts.clip_gates,
+                h, hk, ck = SeqLSTM(cfg.units, frames, opts.clip_cell, opts.clip_gates, opts.bias_first,
                                     name=f"lstm{stage}_{k}")([h, *per_layer[k]])
             else:
-                hk, ck = LSTMStep(cfg.units, opts.clip_cell, opts.clip_gates, name=f"lstm{stage}_{k}")(
+                hk, ck = LSTMStep(cfg.units, opts.clip_cell, opts.clip_gates, opts.bias_first,
+                                  name=f"lstm{stage}_{k}")(
                     [h, *per_layer[k]])
                 h = hk
             hcs.append((hk, ck))
