@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="FILE", default=None,
                    help="weights (.h5; dtln: published or ours; poconet: written by python -m convert.train "
                         "--family poconet; default: the shipped weights, pretrained_model/dtln-finetuned/ (the "
-                        "default model) or poconet-16k/; for dtln --quantize int8 the shipped dtln-16k-int8/, "
+                        "default model) or poconet-16k/; for dtln --quantize int8 the shipped dtln-finetuned-int8/, "
                         "fine-tuned for full integer; the command says which file it converts)")
     p.add_argument("--quantize", choices=MODES, default="none",
                    help="none = float32 (the reference); float16; dynamic = int8 weights; int8 = full integer; "

@@ -84,7 +84,7 @@ def test_default_weights_are_said_not_chosen_silently(tmp_path, capsys):
     audio = ["--verify-audio", str(EXAMPLE), "--calib-audio", str(EXAMPLE)]
     assert main(["--quantize", "int8", "--output", str(taken), *audio]) == 2  # stops at the existing folder
     err = capsys.readouterr().err
-    assert "no --weights: converting the shipped" in err and "dtln-16k-int8/dtln_weights.h5" in err
+    assert "no --weights: converting the shipped" in err and "dtln-finetuned-int8/dtln_weights.h5" in err
     assert "fine-tuned for full int8" in err and "exists; pass --force" in err
     assert main(["--quantize", "dynamic", "--output", str(taken), *audio]) == 2
     err = capsys.readouterr().err

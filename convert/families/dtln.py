@@ -288,8 +288,9 @@ def plan(weights: DTLNWeights, quantize: Mode, source: str, opts: StreamOptions 
     if opts.mask_logits:
         family_options["mask_sigmoid"] = "runtime"
     if cfg.qat:
-        hint = (" This model was fine-tuned with --qat and still misses: quiet-bin detail (e.g. from a --spectral "
-                "loss) is what int8 loses first. The shipped pretrained_model/dtln-16k-int8 is fine-tuned for it")
+        hint = (" This model was fine-tuned with --qat and still misses: continue with --qat --consistency 1 (its "
+                "int8 simulation held to the same weights in float, what this gate measures; docs/generalisation.md). "
+                "The shipped pretrained_model/dtln-finetuned-int8 is fine-tuned for it")
     else:
         hint = (f" Full int8 needs a model fine-tuned for it: python -m convert.train --init {source or 'WEIGHTS.h5'}"
                 " --qat --out runs/qat, then convert runs/qat/best.h5")
@@ -304,9 +305,10 @@ def default_weights(quantize: str) -> DefaultWeights:
     """The default model's weights (``dtln-finetuned``: the best DTLN we have); for full int8 the one
     fine-tuned for it (the default's full int8 is refused, its model card says why)."""
     if quantize == "int8":
-        return DefaultWeights(PRETRAINED / "dtln-16k-int8" / "dtln_weights.h5",
-                              "fine-tuned for full int8 with --qat; the other modes convert the default "
-                              "model's pretrained_model/dtln-finetuned/dtln_weights.h5")
+        return DefaultWeights(PRETRAINED / "dtln-finetuned-int8" / "dtln_weights.h5",
+                              "the published DTLN (norm variant) fine-tuned for full int8 with --qat --consistency; "
+                              "the other modes convert the default model's "
+                              "pretrained_model/dtln-finetuned/dtln_weights.h5")
     return DefaultWeights(PRETRAINED / "dtln-finetuned" / "dtln_weights.h5",
                           "the default model's weights: the published DTLN fine-tuned on our data, averaged with it")
 
