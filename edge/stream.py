@@ -89,12 +89,6 @@ def _range_message(x: np.ndarray, peak: float) -> str:
             "clipping it here would distort it)")
 
 
-TBLOCKS_PER_PASS = 4
-"""``process`` takes up to this many T-blocks through one pass of the numpy work (rfft, masks, irfft,
-overlap-add) and runs each submodel's T-block calls back to back: the per-call numpy overhead is paid once
-per pass, and one graph's packed weights stay in cache for all of its calls."""
-
-
 class StreamingDenoiser:
     """One denoising stream: owns its state arrays and interpreters; the bundle is shared.
 
@@ -184,9 +178,8 @@ class StreamingDenoiser:
         return self._synthesize(self._family.step(self._analyze()))
 
     def _blocks(self, x: np.ndarray) -> np.ndarray:
-        """Whole T-blocks at once (``x``: a multiple of frames * block_shift new samples, buffer empty before):
-        one rfft, one family ``steps`` (a T-block call per ``frames`` hops) and one overlap-add for all of
-        them; the same samples the per-block path gives."""
+        """``frames`` hops at once (``x``: frames * block_shift new samples, buffer empty before); the
+        same samples the per-block path gives."""
         n, s = self._n, self._s
         buf = np.concatenate([self._inbuf[: n - s], x])
         frames = np.lib.stride_tricks.sliding_window_view(buf, n)[::s]
@@ -217,10 +210,9 @@ class StreamingDenoiser:
         big = self._frames * s
         while pos < len(x):
             if big and self._fill == 0 and len(x) - pos >= big:
-                m = min(TBLOCKS_PER_PASS, (len(x) - pos) // big) * big
-                y[o:o + m] = self._blocks(x[pos:pos + m])
-                o += m
-                pos += m
+                y[o:o + big] = self._blocks(x[pos:pos + big])
+                o += big
+                pos += big
                 continue
             take = min(s - self._fill, len(x) - pos)
             start = n - s + self._fill

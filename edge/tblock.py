@@ -188,18 +188,9 @@ class TBlockSubmodel(TFLiteSubmodel):
                 pass
 
     def frames(self, x: np.ndarray) -> np.ndarray:
-        """``x``: the data input with a whole number of T-blocks (``frames`` hops each) on axis 1, float32;
-        returns the data output likewise: one T-block call per ``frames`` hops, in order."""
+        """``x``: the data input with ``frames`` hops on axis 1, float32; returns the data output likewise."""
         if self._t is None:
             self._t = self._load()
-        t = self._tspec.input(self._tspec.data_input).shape[1]
-        if x.shape[1] == t:
-            return self._call(x)
-        if x.shape[1] % t:
-            raise ValueError(f"{x.shape[1]} hops are not a whole number of {t}-hop blocks")
-        return np.concatenate([self._call(x[:, k:k + t]) for k in range(0, x.shape[1], t)], axis=1)
-
-    def _call(self, x: np.ndarray) -> np.ndarray:
         runner, q_in, dq_out = self._t
         ts = self._tspec
         runner.set(ts.data_input, q_in(x))

@@ -82,25 +82,6 @@ def test_any_chunking_matches_the_per_block_path(tblock_bundle, chunk):
     assert float(np.max(np.abs(got - want))) <= TOL
 
 
-def test_t_blocks_per_pass_change_no_sample(tblock_bundle, monkeypatch):
-    """``process`` takes up to TBLOCKS_PER_PASS T-blocks through one numpy pass; the T-block calls inside it run in
-    order on the same states, so the samples are those of one T-block per pass, bit for bit."""
-    import edge.stream
-
-    b = edge.load_bundle(tblock_bundle)
-    x = noise_audio(2.3, seed=12)  # 287 hops: passes of 4, 3 and 1 T-blocks, then single hops
-    outs = {}
-    for k in (1, 3, 4):
-        monkeypatch.setattr(edge.stream, "TBLOCKS_PER_PASS", k)
-        outs[k] = denoise(x, b)
-    np.testing.assert_array_equal(outs[3], outs[1])
-    np.testing.assert_array_equal(outs[4], outs[1])
-    den = StreamingDenoiser(b)
-    den.process(x[:FRAMES * b.block_shift])  # loads the T-block graphs
-    with pytest.raises(ValueError, match="not a whole number"):
-        den._family._mask.frames(np.zeros((1, FRAMES + 1, b.block_len // 2 + 1), np.float32))
-
-
 def test_batch_samples(tblock_bundle):
     b = edge.load_bundle(tblock_bundle)
     assert StreamingDenoiser(b).batch_samples == FRAMES * b.block_shift
