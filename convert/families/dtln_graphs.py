@@ -39,8 +39,6 @@ class StreamOptions:
     ``bases_outside``: with the bases in the graph, stage 2 applies its mask itself). Full int8 uses it: an
     int8 sigmoid output is rounded to steps of 1/256, which cost ``DTLN_norm_500h.h5``'s stage 1 8 dB of its
     SNR against float (docs/generalisation.md); logits keep their own calibrated range."""
-
-
     bias_first: bool = False
     """Each LSTM adds its bias to ``x @ W`` (inside that FULLY_CONNECTED) before ``h @ U``. Full int8 uses it:
     with Keras' order the int8 graph rounds ``x @ W + h @ U`` on that sum's own wide range (+-24, steps of
