@@ -35,6 +35,13 @@ def load_pairs(folder: str, block_len: int, block_shift: int) -> tuple[np.ndarra
     return np.stack([a[:n] for a, _ in pairs]), np.stack([b[:n] for _, b in pairs])
 
 
+def _negative_db(ratio, eps: float):
+    """-10 log10(ratio + eps), mean over the batch: each loss below is a ratio of energies turned into dB."""
+    import tensorflow as tf
+
+    return -tf.reduce_mean(10.0 * tf.math.log(ratio + eps) / tf.math.log(10.0))
+
+
 def si_sdr_loss(clean, est):
     """Negative scale-invariant SDR in dB, mean over the batch (zero-mean signals)."""
     import tensorflow as tf
@@ -46,7 +53,7 @@ def si_sdr_loss(clean, est):
     target = alpha * s
     noise = e - target
     ratio = tf.reduce_sum(target ** 2, axis=1) / (tf.reduce_sum(noise ** 2, axis=1) + 1e-8)
-    return -tf.reduce_mean(10.0 * tf.math.log(ratio + 1e-8) / tf.math.log(10.0))
+    return _negative_db(ratio, 1e-8)
 
 
 def spectral_loss(clean, est, block_len: int, block_shift: int):
@@ -65,7 +72,7 @@ def spectral_loss(clean, est, block_len: int, block_shift: int):
 
     c, e = compressed(clean), compressed(est)
     ratio = tf.reduce_sum(c ** 2, axis=[1, 2]) / (tf.reduce_sum((c - e) ** 2, axis=[1, 2]) + 1e-8)
-    return -tf.reduce_mean(10.0 * tf.math.log(ratio + 1e-8) / tf.math.log(10.0))
+    return _negative_db(ratio, 1e-8)
 
 
 def snr_loss(ref, est):
@@ -73,7 +80,7 @@ def snr_loss(ref, est):
     import tensorflow as tf
 
     ratio = tf.reduce_sum(ref ** 2, axis=1) / (tf.reduce_sum((ref - est) ** 2, axis=1) + 1e-10)
-    return -tf.reduce_mean(10.0 * tf.math.log(ratio + 1e-10) / tf.math.log(10.0))
+    return _negative_db(ratio, 1e-10)
 
 
 def segment_samples(seconds: float, arch) -> int:

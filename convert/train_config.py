@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qat", action="store_true",
                    help="quantisation-aware fine-tuning for full int8 (dtln): gate pre-activations clipped to "
                         "--gate-clip, cell state to --cell-clip, and what the int8 graph rounds rounded in "
-                        "training: the input, weights (per channel), x@W and h@U and the mask logits on "
+                        "training: the input, weights (per channel), x@W+b and h@U and the mask logits on "
                         "ranges tracked like calibration, the gates, c and h")
     p.add_argument("--consistency", type=float, metavar="W",
                    help="with --qat: add W x the negative SNR in dB of the int8 simulation's output against the "
