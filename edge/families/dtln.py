@@ -128,7 +128,8 @@ class DTLN:
         mask = self._mask.frames(mag.reshape(1, t, *self._mask_shape[2:]))
         if self._act is not None:
             mask = self._act(mask)
-        frame = self._irfft(spec * mask.reshape(t, -1)).astype(np.float32)
+        # the spectrum is this call's own: mask it in place
+        frame = self._irfft(np.multiply(spec, mask.reshape(t, -1), out=spec)).astype(np.float32)
         if self._rms_norm:
             rms = np.maximum(np.sqrt(np.mean(np.square(frame, dtype=np.float64), axis=1)), 1e-4)
             rms = rms.astype(np.float32)[:, None]
