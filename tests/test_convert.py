@@ -186,6 +186,36 @@ def test_int8_adds_each_lstm_bias_to_the_input_product():
         np.testing.assert_allclose(outs[True, name], outs[False, name], atol=1e-5)
 
 
+def test_packed_states_use_only_ops_xnnpack_takes():
+    """A packed state [rows, layers, units, 2] is taken apart with SPLIT + RESHAPE and put back with
+    CONCATENATION: STRIDED_SLICE with shrunk axes and PACK run outside XNNPACK, between its partitions, at
+    every call (per block, and per call of the batch-axis graphs: 1.3-1.5x slower there)."""
+    from convert.export import to_tflite
+    from convert.families.dtln import build_streaming_models, stream_options_for
+    from edge.interpreter import make_interpreter
+
+    w = small_weights(seed=4)
+    opts = stream_options_for("none", w.config)
+    assert not opts.split_states
+    rng = np.random.default_rng(2)
+    for rows in (1, None):
+        for model, io in build_streaming_models(w, opts, rows=rows):
+            it = make_interpreter(to_tflite(model, io.inputs, "none"))
+            ops = {op["op_name"] for op in it._get_ops_details()}
+            assert not ops & {"STRIDED_SLICE", "PACK", "UNPACK", "GATHER"}, (rows, io.name, sorted(ops))
+            # and the graph still computes what the Keras model does, states in and out included (2 rows)
+            state = {n: rng.random((2 if rows is None else 1, *s[1:])).astype(np.float32) for n, s in io.inputs}
+            keras_out = model(state)
+            if rows is None:
+                for d in it.get_input_details():
+                    it.resize_tensor_input(d["index"], [2, *d["shape"][1:]])
+            it.allocate_tensors()
+            sig = it.get_signature_runner()
+            got = sig(**state)
+            for name in keras_out:
+                np.testing.assert_allclose(got[name], np.asarray(keras_out[name]), atol=1e-5, err_msg=name)
+
+
 def test_int8_applies_stage2_bases_and_the_sigmoids_in_the_runtime(tmp_path):
     """Full int8 keeps stage 2's encoder/decoder out of the graph (the bundle carries them as arrays) and
     returns mask logits (an int8 sigmoid output would be rounded to 1/256 steps)."""

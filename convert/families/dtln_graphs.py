@@ -81,12 +81,24 @@ def _state_io(keras, prefix: str, cfg: DTLNConfig, opts: StreamOptions, rows: in
         n = f"{prefix}_state"
         s = keras.Input(batch_shape=(rows, cfg.layers, cfg.units, 2), name=n)
         ins = {n: s}
-        per_layer = [(s[:, k, :, 0], s[:, k, :, 1]) for k in range(cfg.layers)]
+        ops = keras.ops
+        # SPLIT, RESHAPE and CONCATENATION, not STRIDED_SLICE with shrunk axes and PACK: XNNPACK takes these, so
+        # the whole graph is one delegate partition (the same values either way: only data movement).
+        flat = (-1 if rows is None else rows, cfg.units)
+        hs, cs = ops.split(s, 2, axis=-1)
+        per_layer = list(zip(_rows_of(ops, hs, cfg.layers, flat), _rows_of(ops, cs, cfg.layers, flat), strict=True))
 
         def pack(hcs):
-            ops = keras.ops
-            return {f"{n}_out": ops.stack([ops.stack([h, c], axis=-1) for h, c in hcs], axis=1)}
+            grid = (-1 if rows is None else rows, 1, cfg.units, 1)
+            layers = [ops.concatenate([ops.reshape(h, grid), ops.reshape(c, grid)], axis=-1) for h, c in hcs]
+            return {f"{n}_out": layers[0] if len(layers) == 1 else ops.concatenate(layers, axis=1)}
     return ins, per_layer, pack
+
+
+def _rows_of(ops, x, layers: int, flat: tuple):
+    """(rows, layers, units, 1) -> one (rows, units) tensor per layer."""
+    parts = ops.split(x, layers, axis=1) if layers > 1 else [x]
+    return [ops.reshape(p, flat) for p in parts]
 
 
 def _stage_input(stage: int, x, cfg: DTLNConfig, opts: StreamOptions):
