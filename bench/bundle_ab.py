@@ -31,11 +31,9 @@ from pathlib import Path
 
 import numpy as np
 from common import REPO, WORK, example_hops, summary, write_result
+from throughput import Floor
 
 import edge
-from edge.batch import parse_streams
-from edge.bundle import check_interpreter
-from edge.interpreter import make_interpreter
 
 
 def export(ref: str, bundle: Path) -> Path:
@@ -46,32 +44,6 @@ def export(ref: str, bundle: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(tar)) as t:
         t.extractall(out, filter="data")
     return out / rel
-
-
-class BatchInvokes:
-    """A bundle's batch-axis graphs resized to ``rows`` streams, random inputs; ``run()`` invokes each once."""
-
-    def __init__(self, bundle: edge.Bundle, rows: int):
-        spec = parse_streams(bundle)
-        self.its = []
-        rng = np.random.default_rng(0)
-        for sm in spec.submodels:
-            it = make_interpreter(sm.content, 1, True)
-            index = check_interpreter(bundle, sm, it)
-            for t in sm.inputs:
-                it.resize_tensor_input(index[t.name], [rows, *t.shape[1:]])
-            it.allocate_tensors()
-            for t in sm.inputs:
-                it.set_tensor(index[t.name], (rng.random((rows, *t.shape[1:])) * 0.1).astype(np.float32))
-            it.invoke()
-            self.its.append(it)
-
-    def run(self, calls: int = 50) -> float:
-        c0 = time.process_time()
-        for _ in range(calls):
-            for it in self.its:
-                it.invoke()
-        return (time.process_time() - c0) / calls
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         same[name] = float(np.max(np.abs(a.astype(np.float64) - b)))
     batch = {}
     if "streams" in now.manifest and "streams" in was.manifest:
-        batch = {r: (BatchInvokes(was, r), BatchInvokes(now, r)) for r in args.rows}
+        batch = {r: (Floor(was, r), Floor(now, r)) for r in args.rows}
     hops = len(x) / now.block_shift
     times: dict[str, dict[str, list[float]]] = {}
     ratios: dict[str, list[float]] = {}
@@ -117,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         for rows, (old, new) in batch.items():
             t = {}
             for which, inv in (("ref", old), ("this", new))[:: 1 if r % 2 == 0 else -1]:
-                t[which] = inv.run() * 1e6
+                t[which] = inv.per_hop(50) * inv.rows * 1e6
             key = f"batch-axis graphs, {rows} stream(s): invoke CPU us per call"
             times.setdefault(key, {"ref": [], "this": []})
             for which in t:
