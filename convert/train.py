@@ -320,6 +320,8 @@ class Run:
         improved = st["best_dev"] is None or d < st["best_dev"] - 0.01
         weights = self.fam.get_model_weights(self.model, self.arch)
         self.fam.save_weights(weights, str(self.out / "last.h5"))
+        if tc.keep_epochs:
+            self.fam.save_weights(weights, str(self.out / f"epoch-{st['epoch']:03d}.h5"))
         np.savez(self.out / "optimizer.npz", **{f"v{i}": v.numpy() for i, v in enumerate(self.opt.variables)})
         if improved:
             st["best_dev"], st["bad_epochs"], st["lr_bad_epochs"] = d, 0, 0

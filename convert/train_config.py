@@ -45,6 +45,9 @@ class TrainConfig:
     resume: bool = False
     dev_count: int = 128
     max_hours: float | None = None
+    keep_epochs: bool = False
+    """Also keep every epoch's weights (``epoch-NNN.h5``), for a choice made later on other evidence (the real
+    int8 graph: its simulation's figure ranks checkpoints near the gate wrongly, docs/generalisation.md)."""
     init: str | None = None
     qat: bool = False
     gate_clip: float = 8.0
@@ -93,7 +96,7 @@ class TrainConfig:
         return cls(**d)
 
 
-RUN_ONLY = ("out", "resume", "max_hours")
+RUN_ONLY = ("out", "resume", "max_hours", "keep_epochs")
 """Options of this invocation only: never taken from ``state.json``."""
 SAME_ON_RESUME = {
     "family": "it trains that model",
@@ -142,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--dev-count", type=int, help=f"fixed dev mixes of 4 s (default: {d.dev_count})")
     p.add_argument("--max-hours", type=float, help="stop after this much wall time")
+    p.add_argument("--keep-epochs", action="store_true",
+                   help="also keep every epoch's weights as epoch-NNN.h5 in the run folder (4 MB each for DTLN)")
     p.add_argument("--init", metavar="FILE",
                    help="start from these weights (fine-tuning); the architecture is read from the file")
     p.add_argument("--qat", action="store_true",

@@ -151,6 +151,24 @@ def test_same_seed_same_dev_score_and_resume_continues(tiny_data, tmp_path):
     assert abs(epochs[-1]["dev_si_sdr"] - dev_a[-1]) < 1.0
 
 
+def test_keep_epochs_keeps_every_epochs_weights_for_this_invocation_only(tiny_data, tmp_path):
+    from convert.families.dtln import load_weights
+
+    _train(tiny_data, tmp_path / "k", "--epochs", "2", "--keep-epochs")
+    kept = sorted(p.name for p in (tmp_path / "k").glob("epoch-*.h5"))
+    assert kept == ["epoch-001.h5", "epoch-002.h5"]
+    last, second, first = (load_weights(str(tmp_path / "k" / n)) for n in ("last.h5", *kept[::-1]))
+    for name, arrays in last.arrays.items():
+        for a, b in zip(arrays, second.arrays[name], strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for name, arrays in first.arrays.items()
+               for a, b in zip(arrays, last.arrays[name], strict=True))  # a different epoch, not a copy
+    # a run-only option: a resume without it keeps no more
+    _train(tiny_data, tmp_path / "k", "--epochs", "3", "--resume")
+    assert sorted(p.name for p in (tmp_path / "k").glob("epoch-*.h5")) == kept
+    assert json.loads((tmp_path / "k" / "state.json").read_text())["config"]["keep_epochs"] is False
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tiny_data, tmp_path, capsys):
     from convert.train import main
 
