@@ -67,34 +67,37 @@ def main(argv: list[str] | None = None) -> int:
     for name, pick in paths.items():
         a, b = edge.denoise(x, pick(was), opts), edge.denoise(x, pick(now), opts)
         same[name] = float(np.max(np.abs(a.astype(np.float64) - b)))
-    batch = {}
+    versions = {"ref": was, "this": now}
+    floors = {}
     if "streams" in now.manifest and "streams" in was.manifest:
-        batch = {r: (Floor(was, r), Floor(now, r)) for r in args.rows}
+        floors = {r: {which: Floor(b, r) for which, b in versions.items()} for r in args.rows}
     hops = len(x) / now.block_shift
     times: dict[str, dict[str, list[float]]] = {}
     ratios: dict[str, list[float]] = {}
+
+    def measure(r: int, name: str, key: str, cost) -> None:
+        """One round of ``cost(which)`` (us) for both versions, the order alternating by round."""
+        t = {which: cost(which) for which in ("ref", "this")[:: 1 if r % 2 == 0 else -1]}
+        tv = times.setdefault(key, {"ref": [], "this": []})
+        for which in t:
+            tv[which].append(t[which])
+        ratios.setdefault(name, []).append(t["ref"] / t["this"])
+
+    def denoise_us(pick):
+        def cost(which: str) -> float:
+            b = pick(versions[which])
+            c0 = time.process_time()
+            edge.denoise(x, b, opts)
+            return (time.process_time() - c0) / hops * 1e6
+        return cost
+
     for r in range(args.rounds):
         for name, pick in paths.items():
-            t = {}
-            for which, b in (("ref", was), ("this", now))[:: 1 if r % 2 == 0 else -1]:
-                bb = pick(b)
-                c0 = time.process_time()
-                edge.denoise(x, bb, opts)
-                t[which] = (time.process_time() - c0) / hops * 1e6
-            key = f"{name}: CPU us per hop"
-            times.setdefault(key, {"ref": [], "this": []})
-            for which in t:
-                times[key][which].append(t[which])
-            ratios.setdefault(name, []).append(t["ref"] / t["this"])
-        for rows, (old, new) in batch.items():
-            t = {}
-            for which, inv in (("ref", old), ("this", new))[:: 1 if r % 2 == 0 else -1]:
-                t[which] = inv.per_hop(50) * inv.rows * 1e6
-            key = f"batch-axis graphs, {rows} stream(s): invoke CPU us per call"
-            times.setdefault(key, {"ref": [], "this": []})
-            for which in t:
-                times[key][which].append(t[which])
-            ratios.setdefault(f"batch-axis graphs, {rows} stream(s)", []).append(t["ref"] / t["this"])
+            measure(r, name, f"{name}: CPU us per hop", denoise_us(pick))
+        for rows, fl in floors.items():
+            name = f"batch-axis graphs, {rows} stream(s)"
+            measure(r, name, f"{name}: invoke CPU us per call",
+                    lambda which, fl=fl: fl[which].per_hop(50) * fl[which].rows * 1e6)
         print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.2f}x" for k, v in ratios.items()), file=sys.stderr)
     tag = f"{now.name} ({now.quantization})"
     rows = []
