@@ -6,9 +6,9 @@ one, each row a stream with its own state rows. Two kinds:
 
 - ``"resizable": true``: the graphs' batch axis is dynamic; the manifest lists them at batch 1 and
   ``batch`` is the most streams one engine takes. The engine resizes a copy of each graph to the
-  batch a call needs (a few sizes: 1, 2, 4, 8, then steps of 8 to 64, of 16 to 128 and of 32 above), made on
-  first use and dropped when unused for ``IDLE_SIZE_S``, so a call costs about what its ready streams cost
-  and the memory follows the load.
+  batch a call needs (1, 2, 4, 8, 16, 24 or 32 rows: more ready streams run as several calls of at most
+  ``CALL_ROWS``), made on first use and dropped when unused for ``IDLE_SIZE_S``, so a call costs about what
+  its ready streams cost and the memory follows the load, up to seven sizes whatever the load.
 - fixed: the graphs take exactly ``batch`` rows; idle rows are padding.
 
 ``BatchEngine`` owns those interpreters (one copy of the packed weights per size) for up to its
@@ -43,6 +43,13 @@ from .tblock import _same_tensor
 SECTION = "streams"
 RECENT_CALLS = 4096
 """Batch calls whose row counts an engine keeps (``BatchEngine.ticks``)."""
+CALL_ROWS = 32
+"""The most rows of one interpreter call of resizable graphs; more ready streams run as several calls. XNNPACK's
+time per row is flat from 24-32 rows up (published DTLN, dynamic, one thread: 20.5 us per row at 32, 19.3 at
+48, 21.3 at 96, 21.6 at 128; the PoCoNet-style U-Net 184-204 us at 24-128), so pieces of 32 cost what one large
+call does, while every size is an interpreter of its own: for DTLN ~1.8 MB of packed weights plus ~28 KB per
+row of activations. With sizes up to 32 an engine holds at most seven (~15 MB); with one per size up to 112 it
+held 14 (~43 MB) at 100 streams (session 17, ``/proc`` RSS)."""
 IDLE_SIZE_S = 30.0
 """An interpreter of a batch size no call has used for this long is dropped (~2 MB each for DTLN): a
 daemon's memory follows the load it serves now, not the highest it ever saw."""
@@ -97,16 +104,21 @@ def parse_streams(bundle: Bundle) -> StreamsSpec:
 
 
 def batch_size(rows: int, capacity: int) -> int:
-    """The graph batch a call with ``rows`` ready streams runs at (resizable graphs): 1, 2, 4, 8, then
-    multiples of 8 up to 64, of 16 up to 128 and of 32 above, at most ``capacity``. Few sizes (each one an
-    interpreter, ~2 MB for DTLN), little padding: a padded row costs what a stream does (the model's time is
-    linear in the batch from 16 rows), so the steps are finest where a daemon's calls usually are."""
+    """The graph batch one call of ``rows`` ready streams (at most ``CALL_ROWS``) runs at, resizable graphs:
+    1, 2, 4, 8, then multiples of 8, at most ``capacity``. Few sizes (each one an interpreter), little padding:
+    a padded row costs what a stream does once calls are 16 rows or more."""
     if rows <= 8:
         size = 1 << max(0, rows - 1).bit_length()
     else:
-        step = 8 if rows <= 64 else 16 if rows <= 128 else 32
-        size = -(-rows // step) * step
+        size = -(-rows // 8) * 8
     return min(size, capacity)
+
+
+def pieces(rows: int, capacity: int) -> list[tuple[int, int, int]]:
+    """The calls that run ``rows`` ready streams through resizable graphs: (first row, end row, graph batch)
+    each; whole pieces of ``CALL_ROWS`` (or ``capacity`` if less), then the rest at ``batch_size``."""
+    step = min(CALL_ROWS, capacity)
+    return [(a, min(a + step, rows), batch_size(min(step, rows - a), capacity)) for a in range(0, rows, step)]
 
 
 class _Sized:
@@ -131,6 +143,8 @@ class _BatchRunner:
         self._sized: dict[int, _Sized] = {}
         self._used: dict[int, float] = {}
         """Batch size -> when a call last ran at it (``time.monotonic``)."""
+        self._in_shape = tuple(spec.input(spec.data_input).shape[1:])
+        self._out_shape = tuple(spec.output(spec.data_output).shape[1:])
         self._q_in, _ = _quantizer(spec.input(spec.data_input))
         _, self._dq_out = _quantizer(spec.output(spec.data_output))
         self.states = []
@@ -183,11 +197,25 @@ class _BatchRunner:
         """``x``: (1, rows, ...) for the slots in ``ready``; returns the outputs likewise."""
         rows = self.ready
         k = len(rows)
-        size = batch_size(k, self._capacity) if self._resizable else self._capacity
+        x = x.reshape(k, *self._in_shape)
+        if not self._resizable:
+            out = self._call(rows, x, self._capacity)
+        elif k <= CALL_ROWS:
+            out = self._call(rows, x, batch_size(k, self._capacity))
+        else:
+            out = np.empty((k, *self._out_shape), np.float32)
+            for a, b, size in pieces(k, self._capacity):
+                out[a:b] = self._call(rows[a:b], x[a:b], size)
+        return out.reshape(1, k, *out.shape[2:])
+
+    def _call(self, rows: np.ndarray, x: np.ndarray, size: int) -> np.ndarray:
+        """One invoke at graph batch ``size`` for the slots ``rows`` (inputs ``x``, one row each): their outputs;
+        their state rows are updated."""
+        k = len(rows)
         sz = self._get(size)
         self._used[size] = time.monotonic()
         it = sz.it
-        sz.x[:k] = x.reshape(k, *sz.x.shape[1:])
+        sz.x[:k] = x
         sz.x[k:] = 0.0
         it.set_tensor(sz.data_in, self._q_in(sz.x))
         for st, buf, (i, _) in zip(self.states, sz.states, sz.state_io, strict=True):
@@ -196,8 +224,7 @@ class _BatchRunner:
         it.invoke()
         for st, (_, o) in zip(self.states, sz.state_io, strict=True):
             st[rows] = it.get_tensor(o)[:k]
-        out = self._dq_out(it.get_tensor(sz.data_out)[:k])
-        return out.reshape(1, k, *out.shape[2:])
+        return self._dq_out(it.get_tensor(sz.data_out)[:k])
 
 
 def _give_back_memory() -> None:

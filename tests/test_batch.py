@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import edge
-from edge.batch import BatchEngine, batch_size
+from edge.batch import CALL_ROWS, BatchEngine, batch_size, pieces
 from edge.errors import BundleError, EdgeError
 
 from .conftest import noise_audio, small_weights
@@ -138,7 +138,7 @@ def test_cli_and_refusals(streams_bundle, small_bundle, tmp_path, capsys):
 
 def test_resizable_graphs_run_every_batch_size_and_match_each_stream_alone(resizable_bundle):
     """34 streams of different lengths joining at different ticks: calls of 34 down to 1 rows, each at the
-    smallest graph batch that holds them; every stream equals running it alone."""
+    smallest graph batch that holds them (34 as 32 + 2); every stream equals running it alone."""
     b = edge.load_bundle(resizable_bundle)
     assert b.manifest["streams"]["resizable"] and b.manifest["streams"]["batch"] == 64
     eng = BatchEngine(b, capacity=48)
@@ -167,16 +167,23 @@ def test_resizable_graphs_run_every_batch_size_and_match_each_stream_alone(resiz
         assert y.shape == xs[k].shape
         assert float(np.max(np.abs(y - alone(b, xs[k])))) <= TOL, f"stream {k}"
     assert max(eng.ticks) == n and min(eng.ticks) == 1
-    assert {1, 2, 4, 8, 16, 24, 32, 40} <= set(eng.sizes) <= {1, 2, 4, 8, 16, 24, 32, 40}
+    assert eng.sizes == [1, 2, 4, 8, 16, 24, 32]
     assert eng.open_streams == 0
 
 
 def test_batch_sizes_and_capacity(resizable_bundle, streams_bundle):
-    sizes = [batch_size(k, 256) for k in range(1, 257)]
+    sizes = [batch_size(k, 256) for k in range(1, CALL_ROWS + 1)]
     assert sizes[:17] == [1, 2, 4, 4, 8, 8, 8, 8] + [16] * 8 + [24]
-    assert all(k <= z for k, z in zip(range(1, 257), sizes, strict=True))
-    assert sorted(set(sizes)) == [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256]
-    assert batch_size(100, 100) == 100
+    assert all(k <= z for k, z in zip(range(1, CALL_ROWS + 1), sizes, strict=True))
+    assert sorted(set(sizes)) == [1, 2, 4, 8, 16, 24, 32]
+    assert batch_size(20, 20) == 20
+    # More ready streams than one call takes: whole calls of CALL_ROWS, then the rest; every row once.
+    for rows in (1, 31, 32, 33, 100, 256):
+        calls = pieces(rows, 256)
+        assert [a for a, _, _ in calls] == list(range(0, rows, CALL_ROWS)) and calls[-1][1] == rows
+        assert all(b - a <= size <= CALL_ROWS for a, b, size in calls)
+    assert pieces(100, 256) == [(0, 32, 32), (32, 64, 32), (64, 96, 32), (96, 100, 4)]
+    assert pieces(50, 20) == [(0, 20, 20), (20, 40, 20), (40, 50, 16)]
     with pytest.raises(EdgeError, match="1 to 64 streams"):
         BatchEngine(edge.load_bundle(resizable_bundle), capacity=65)
     with pytest.raises(EdgeError, match=f"exactly {BATCH} streams"):
