@@ -117,8 +117,8 @@ def xnnpack_facts(bundle: Bundle, options: Options) -> dict[str, Any]:
     elif cpuinfo:
         why = f"the interpreter's CPU detection failed ({cpuinfo[0]!r}), so XNNPACK took no node"
     else:
-        why = ("the interpreter delegated no node: XNNPACK has no kernel for this graph's ops or types "
-               "(int16 activations), or this build applies no default delegate")
+        why = (f"the interpreter delegated no node: XNNPACK has no kernel for the ops or types of this "
+               f"{bundle.quantization} graph, or this build applies no default delegate")
     return {"requested": options.xnnpack, "on": bool(delegated), "delegate_partitions": delegated,
             "graph_nodes": other, "why": why, "cpuinfo_error": cpuinfo or None}
 

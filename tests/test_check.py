@@ -125,6 +125,16 @@ def test_no_xnnpack_is_reported_with_its_reason(tmp_path):
     assert r["status"] == "pass" and r["xnnpack"]["on"] is False and "--no-xnnpack" in r["xnnpack"]["why"]
 
 
+def test_a_graph_xnnpack_does_not_take_is_reported_with_its_mode():
+    """int16 activations: ai-edge-litert's XNNPACK takes none of the graph; the reason names the mode."""
+    b = REPO / "pretrained_model" / "dtln-16k" / "int16x8"
+    if not _runs_here(b):
+        pytest.skip(f"{interpreter_package().name} is not among the runtimes of {b}")
+    r = check_bundle(b, edge.Options())
+    assert r["status"] == "pass" and r["xnnpack"]["on"] is False
+    assert "delegated no node" in r["xnnpack"]["why"] and "int16x8 graph" in r["xnnpack"]["why"]
+
+
 def test_golden_command_is_rerunnable_and_reproduces_the_shipped_pair(tmp_path):
     """convert.golden on a copy of a shipped bundle writes the committed files again: byte for byte where the
     interpreter runs the same kernels as where the pair was made; on another CPU (XNNPACK picks AVX2 or
