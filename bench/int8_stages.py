@@ -27,7 +27,7 @@ from common import REPO, SHARED, WORK, skip, write_result
 VBD = SHARED / "data" / "test" / "vbd_test" / "noisy"
 
 
-def _bundles(name: str, weights: str, out: Path, clip_gates: float | None) -> None:
+def int8_and_float32(name: str, weights: str, out: Path, clip_gates: float | None = None) -> None:
     """out/int8 and out/float32 (same graph options), converted unless already there."""
     from convert.quiet import import_tensorflow
 
@@ -81,7 +81,7 @@ def main() -> int:
     for item in args.weights:
         name, _, weights = item.partition("=")
         out = WORK / "int8_stages" / (name + (f"-clip{args.clip_gates:g}" if args.clip_gates else ""))
-        _bundles(name, weights, out, args.clip_gates)
+        int8_and_float32(name, weights, out, args.clip_gates)
         snr = pooled_snr({"none": str(out / "float32"), "full_int8_db": str(out / "int8"),
                           "mask_int8_only_db": str(_hybrid(out, "mask")),
                           "frame_int8_only_db": str(_hybrid(out, "frame"))}, files)
