@@ -6,8 +6,8 @@
 The QAT runs' own dev figures come from the training graph's int8 *simulation*, which ranked checkpoints
 wrongly near the converter's gate (docs/generalisation.md, session 16). This scores the real thing. For each
 checkpoint (``NAME=H5``, or a path: its file name is the name) the int8 bundle and a float32 bundle with the int8
-mode's graph changes, as ``bench/int8_stages.py`` makes them (tolerance off; kept under the bench work folder,
-so a rerun only scores), then:
+mode's graph changes, as ``bench/int8_stages.py`` makes them (tolerance off; kept under the bench work folder by
+name and checkpoint hash, so a rerun only scores), then:
 
 - ``gate_db``: the int8 bundle's verification SNR on the example recording against the Keras float reference,
   the figure ``python -m convert.release`` refuses below 25 dB;
@@ -25,6 +25,8 @@ reports models, it does not choose them. Writes bench/results/NAME.json (default
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -33,14 +35,13 @@ from int8_stages import int8_and_float32
 
 
 def score(name: str, weights: str, gendev: Path) -> dict:
-    import json
-
     import edge
     from convert.release import pooled_snr
     from edge.evaluate import evaluate, pairs
     from edge.options import Options
 
-    out = WORK / "int8_select" / name
+    # keyed by content: a rerun with other weights under the same name converts again
+    out = WORK / "int8_select" / f"{name}-{hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:12]}"
     int8_and_float32(name, weights, out)
     gate = json.loads((out / "int8" / "manifest.json").read_text())["verification"]["snr_db"]
     noisy = sorted((gendev / "noisy").glob("*.wav"))
