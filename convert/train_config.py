@@ -55,6 +55,8 @@ class TrainConfig:
     speech_highpass: float = 0.0
     """Hertz; 0 = off."""
     spectral: float = 0.0
+    spectral_complex: float = 0.0
+    """Share of the spectral loss's error taken between compressed complex spectra (phase kept); 0 = magnitudes."""
     consistency: float = 0.0
     """With --qat: weight of the int8 simulation's distance from the same weights in float."""
     babble: float = 0.0
@@ -74,6 +76,9 @@ class TrainConfig:
             raise ConvertError(f"--family {self.family}: this trainer knows {', '.join(FAMILIES)}")
         if self.speech_highpass < 0:
             raise ConvertError(f"--speech-highpass {self.speech_highpass}: a cutoff in Hz, 0 or more")
+        if not 0 <= self.spectral_complex <= 1 or (self.spectral_complex and not self.spectral):
+            raise ConvertError(f"--spectral-complex {self.spectral_complex:g}: a share from 0 to 1 of the spectral "
+                               "loss, and only with --spectral")
         if not 0 <= self.babble <= 1:
             raise ConvertError(f"--babble {self.babble}: a share of mixes, from 0 to 1")
         if self.noise_eq < 0:
@@ -101,6 +106,7 @@ RUN_ONLY = ("out", "resume", "max_hours", "keep_epochs")
 SAME_ON_RESUME = {
     "family": "it trains that model",
     "spectral": "its best dev loss only compares under the same loss",
+    "spectral_complex": "its best dev loss only compares under the same loss",
     "consistency": "its best dev loss only compares under the same loss",
     "speech_highpass": "its dev mixes only compare under the same",
     "model_config": "a resumed run keeps its architecture",
@@ -167,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spectral", type=float, metavar="W",
                    help="add W x the spectral loss (negative SNR in dB of power-law compressed STFT magnitudes, "
                         "|X|**0.3) to the negative SI-SDR; dev selection then uses the same sum (default: 0)")
+    p.add_argument("--spectral-complex", type=float, metavar="SHARE",
+                   help="with --spectral: take this share of the spectral loss's error between the compressed "
+                        "spectra with their phase (|X|**0.3 * X/|X|), the rest between magnitudes; 0.3 is Braun "
+                        "and Tashev's mix (default: 0, magnitudes only)")
     p.add_argument("--babble", type=float, metavar="P",
                    help="share of training mixes whose noise is babble: 3-7 training utterances summed; "
                         "dev mixes are unchanged (default: 0)")

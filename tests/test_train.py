@@ -193,6 +193,38 @@ def test_spectral_loss_tracks_the_error_and_has_gradients():
     assert np.isfinite(tape.gradient(loss, est).numpy()).all()
 
 
+def test_spectral_loss_with_a_complex_share_hears_the_phase():
+    from convert.train import spectral_loss
+
+    clean = np.stack([sf.read(EXAMPLE.parent / "p232_013_clean.wav", dtype="float32")[0][:16000]] * 2)
+    # all-pass: every bin's magnitude kept (the output of a phase-only error), the phase shifted
+    spec = np.fft.rfft(clean, axis=1)
+    shifted = np.fft.irfft(spec * np.exp(1j * np.linspace(0, 40, spec.shape[1])), clean.shape[1], axis=1)
+    shifted = shifted.astype("float32")
+    mag_only = float(spectral_loss(clean, shifted, 512, 128))
+    mixed = float(spectral_loss(clean, shifted, 512, 128, complex_share=0.3))
+    full = float(spectral_loss(clean, shifted, 512, 128, complex_share=1.0))
+    assert mag_only < mixed < full  # the more of the error is complex, the more of the phase error it hears
+    noisy = clean + 0.01 * np.random.default_rng(2).standard_normal(clean.shape).astype("float32")
+    assert float(spectral_loss(clean, noisy, 512, 128, complex_share=0.0)) == pytest.approx(
+        float(spectral_loss(clean, noisy, 512, 128)))  # share 0: the magnitude loss as it was
+
+
+def test_spectral_complex_is_recorded_kept_on_resume_and_needs_spectral(tiny_data, tmp_path, capsys):
+    from convert.train import main
+
+    log = _train(tiny_data, tmp_path / "c", "--epochs", "1", "--spectral", "0.5", "--spectral-complex", "0.3")
+    assert json.loads((tmp_path / "c" / "state.json").read_text())["config"]["spectral_complex"] == 0.3
+    assert np.isfinite([r["dev_loss"] for r in log if r["event"] == "epoch"]).all()
+    base = ["--out", str(tmp_path / "c"), "--data", str(tiny_data), "--resume", "--epochs", "2"]
+    assert main([*base, "--spectral-complex", "0"]) == 2  # another loss: its best dev loss would not compare
+    assert "--spectral-complex 0.3" in capsys.readouterr().err
+    for bad in (["--spectral-complex", "0.3"], ["--spectral", "1", "--spectral-complex", "1.5"]):
+        assert main(["--out", str(tmp_path / "bad"), "--data", str(tiny_data), *bad]) == 2
+        assert "--spectral-complex" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_spectral_term_is_logged_and_resume_keeps_the_loss(tiny_data, tmp_path, capsys):
     from convert.train import main
 
