@@ -9,8 +9,9 @@ checkpoint (``NAME=H5``, or a path: its file name is the name) the int8 bundle a
 mode's graph changes, as ``bench/int8_stages.py`` makes them (tolerance off; kept under the bench work folder by
 name and checkpoint hash, so a rerun only scores), then:
 
-- ``gate_db``: the int8 bundle's verification SNR on the example recording against the Keras float reference,
-  the figure ``python -m convert.release`` refuses below 25 dB;
+- ``gate_db``: the int8 bundle's verification SNR against the Keras float reference on the converter's int8
+  verification audio (``convert.build.verification_files``: the VBD-23 noisy files pooled where the shared data
+  has them, else the example recording), the figure ``python -m convert.release`` refuses below 25 dB;
 - ``dev_fidelity_db``: the int8 output against the float32 output, energy pooled over the dev set's noisy files
   (``convert.release.pooled_snr``, the release's VBD-23 figure on dev audio instead);
 - the int8 output's PESQ-WB / STOI / SI-SDR on the dev set (``edge.evaluate``, as ``edge-denoise eval``).
@@ -18,8 +19,9 @@ name and checkpoint hash, so a rerun only scores), then:
 The table ranks by dev PESQ-WB the checkpoints the release would take (``gate_db`` >= ``--gate``) and, with
 ``--min-dev-fidelity``, at least that close to their float32 on the dev set; then the rest. The dev set is
 harder on int8 than VBD-23 (the shipped ``dtln-finetuned-int8``: 21.8 dB pooled over it, 25.9 dB over VBD-23),
-so its fidelity is a figure to compare checkpoints by, not the converter's 25 dB. VBD-23 is not read: it
-reports models, it does not choose them. Writes bench/results/NAME.json (default int8_select).
+so its fidelity is a figure to compare checkpoints by, not the converter's 25 dB. VBD-23 ranks nothing: it enters
+only through the gate, issue 17's pass/fail bar for full int8 (>= 25 dB against float32 pooled over it); the
+ranking is the dev set's. Writes bench/results/NAME.json (default int8_select).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def table(rows: dict[str, dict], gate: float, min_dev: float | None) -> str:
         return r["gate_db"] >= gate and (min_dev is None or r["dev_fidelity_db"] >= min_dev)
 
     order = sorted(rows, key=lambda n: (not ok(rows[n]), -rows[n]["pesq_wb"]))
-    lines = ["| checkpoint | gate (example) dB | dev fidelity dB | dev int8 PESQ-WB / STOI / SI-SDR | passes |",
+    lines = ["| checkpoint | gate dB | dev fidelity dB | dev int8 PESQ-WB / STOI / SI-SDR | passes |",
              "|---|---|---|---|---|"]
     for n in order:
         r = rows[n]
@@ -76,7 +78,7 @@ def main() -> int:
     p.add_argument("--gendev", required=True, type=Path, help="python -m convert.devset --generalisation output")
     p.add_argument("--weights", nargs="+", required=True, metavar="[NAME=]H5")
     p.add_argument("--gate", type=float, default=25.0,
-                   help="the converter's gate on the example recording (default 25 dB, the int8 mode's)")
+                   help="the converter's int8 gate (default 25 dB, the int8 mode's)")
     p.add_argument("--min-dev-fidelity", type=float, metavar="DB",
                    help="also require this SNR against float32 pooled over the dev set (default: not required)")
     p.add_argument("--result", default="int8_select", help="bench/results/NAME.json (default: int8_select)")

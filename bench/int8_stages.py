@@ -36,14 +36,17 @@ def int8_and_float32(name: str, weights: str, out: Path, clip_gates: float | Non
     from convert.families import family
     from convert.families.dtln_graphs import stream_options_for
 
-    if (out / "int8" / "manifest.json").exists() and (out / "float32" / "manifest.json").exists():
+    files = [str(p) for p in build.verification_files("int8")]  # the converter's int8 gate audio
+    names = [os.path.basename(f) for f in files]
+    made = out / "int8" / "manifest.json"
+    if made.exists() and (out / "float32" / "manifest.json").exists() and \
+            json.loads(made.read_text())["verification"]["audio"] == names:
         return
     w = family("dtln").load_weights(weights)
     opts = stream_options_for("int8", w.config)
     if clip_gates is not None:
         opts = dataclasses.replace(opts, clip_gates=clip_gates)
-    files = [str(p) for p in build.example_files()]
-    common = dict(verify_audio=data.load_files(files, 16000), verify_names=[os.path.basename(f) for f in files],
+    common = dict(verify_audio=data.load_files(files, 16000), verify_names=names,
                   force=True, opts=opts, tolerance_db=-1e9, source=os.path.basename(weights))
     print(f"{name}: converting int8 and float32 with {opts}", file=sys.stderr, flush=True)
     build.convert(w, "int8", out / "int8", calib_audio=data.dev_mixes(), **common)

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--name", default=None, help="bundle name in the manifest (default: the folder name)")
     p.add_argument("--verify-audio", metavar="FILE", nargs="+", default=None,
-                   help="speech to verify on (default: the example recordings in examples/)")
+                   help="speech to verify on (default: the example recordings in examples/; int8: the VBD-23 "
+                        "noisy files of ../shared/data pooled where present, see convert/modes.py)")
     p.add_argument("--calib-audio", metavar="FILE", nargs="+", default=None,
                    help="speech to calibrate integer modes on (default: dev mixes from ../shared/data if "
                         "present, else the verification audio)")
@@ -82,7 +83,7 @@ def _run(args) -> int:
     weights = fam.load_weights(weights_path, block_shift=args.block_shift)
     rate = weights.config.sample_rate
     output = args.output or os.path.join("bundles", f"{fam.name}-{rate // 1000}k-{args.quantize}")
-    verify_files = args.verify_audio or [str(p) for p in build.example_files()]
+    verify_files = args.verify_audio or [str(p) for p in build.verification_files(args.quantize)]
     if not verify_files:
         raise ConvertError("no verification audio: pass --verify-audio FILE (speech at any rate)")
     try:
@@ -104,8 +105,8 @@ def _run(args) -> int:
     else:
         size = build.bundle_bytes(bundle.path)
         print(f"wrote {bundle.path} ({args.quantize}, {size / 1e6:.2f} MB): SNR {v['snr_db']:.1f} dB vs float "
-              f"reference (tolerance {v['tolerance_snr_db']:.0f} dB), max abs error {v['max_abs_error']:.2g}, "
-              f"{v['seconds_to_convert']:.0f} s")
+              f"reference over {build.verified_on(v)}, tolerance {v['tolerance_snr_db']:.0f} dB, max abs error "
+              f"{v['max_abs_error']:.2g}, {v['seconds_to_convert']:.0f} s")
     return 0
 
 

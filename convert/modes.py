@@ -64,6 +64,12 @@ class Mode:
     """``tf.lite.OpsSet`` member for integer activations; set, the mode needs calibration data."""
     graph_changes: frozenset[str] = frozenset()
     """Names from ``GRAPH_CHANGES``."""
+    pooled_verification: bool = False
+    """Verified by default on the VBD-23 noisy files pooled (78 s, the shared data's ``test/vbd_test``; the
+    example recording where that is absent) instead of the example alone. For a mode whose figure sits near its
+    tolerance: on one 4 s file it moves by 1-2 dB with the last bits of the calibrated scales, which differ
+    between CPUs (the shipped full-int8 DTLN weights: 25.1 dB on an AVX-512 VM, 23.8 dB converted on an AVX2
+    one), pooled over VBD-23 by hundredths (25.88 and 25.84 dB); issue 17's bar is that pooled figure."""
     batched: SameOutput | None = None
     """Set: the mode gets T-block and batch-axis graphs, held to this against its per-block graphs. Float
     activations only: an integer-activation graph over T hops or B rows would need its own calibration,
@@ -95,7 +101,7 @@ MODES: dict[str, Mode] = {m.name: m for m in (
     Mode("dynamic", "dynamic", 30.0, ("ai-edge-litert", "tensorflow>=2.16"),  # per-channel FULLY_CONNECTED v12
          optimize=True, batched=SameOutput(snr_db=30.0)),
     Mode("int8", "int8", 25.0, _EVERYWHERE, optimize=True, integer_ops="TFLITE_BUILTINS_INT8",
-         graph_changes=_INTEGER | {"runtime_bases", "runtime_sigmoid", "gate_bias_first"}),
+         graph_changes=_INTEGER | {"runtime_bases", "runtime_sigmoid", "gate_bias_first"}, pooled_verification=True),
     Mode("int16x8", "int16x8", 30.0, ("ai-edge-litert", "tensorflow>=2.16"),  # int16 RSQRT
          optimize=True, integer_ops="EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8",
          graph_changes=_INTEGER),

@@ -51,10 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"output level: decoder scaled by {level['gain_db']:+.2f} dB"
                   f"{' and inverted' if level['inverted'] else ''} (least squares on the dev mixes)", file=sys.stderr)
     name = args.name or out.name
-    examples = build.example_files()
-    job = {"verify_audio": data.load_files(examples, weights.config.sample_rate),
-           "verify_names": [e.name for e in examples], "calib_audio": data.dev_mixes() or None,
-           "source": weights_path.name, "progress": build.TERMINAL, "force": True}
+    job = {"calib_audio": data.dev_mixes() or None, "source": weights_path.name, "progress": build.TERMINAL,
+           "force": True}
     vbd = Path(args.vbd) if args.vbd else data.shared_data() / "test" / "vbd_test"
     scored = {"vbd23": vbd, "devmix": Path(args.devmix) if args.devmix else None,
               "gendev": Path(args.gendev) if args.gendev else None}
@@ -62,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
                      "scored": time.strftime("%Y-%m-%d")}
     shipped = {}
     for mode in args.modes:
-        results["modes"][mode], bundle = _ship(weights, MODES[mode], out, name, job, scored)
+        files = build.verification_files(mode)  # int8: VBD-23 pooled where the shared data has it
+        audio = {"verify_audio": data.load_files(files, weights.config.sample_rate),
+                 "verify_names": [f.name for f in files]}
+        results["modes"][mode], bundle = _ship(weights, MODES[mode], out, name, {**job, **audio}, scored)
         if bundle is not None:
             shipped[mode] = bundle
     if "none" in shipped and (vbd / "noisy").is_dir():
