@@ -26,7 +26,7 @@ from edge.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, TensorSpec, lo
 from edge.interpreter import interpreter_package
 
 from . import golden
-from .data import shared_data
+from .data import vbd23
 from .errors import ConvertError, VerificationError
 from .export import op_names, tensor_table, to_tflite
 from .families import family_of_weights
@@ -288,7 +288,7 @@ def example_files() -> list[Path]:
 
 def pooled_verification_files() -> list[Path]:
     """The VBD-23 noisy files of the shared data folder (``$EDGE_DATA``, else ``../shared/data``); [] without it."""
-    folder = shared_data() / "test" / "vbd_test" / "noisy"
+    folder = vbd23() / "noisy"
     return sorted(folder.glob("*.wav")) if folder.is_dir() else []
 
 

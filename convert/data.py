@@ -25,6 +25,11 @@ def shared_data() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def vbd23() -> Path:
+    """The VBD-23 test folder of the shared data (``clean/``, ``noisy/``, ``labels.tsv``); it may be absent."""
+    return shared_data() / "test" / "vbd_test"
+
+
 def find_audio(folders: Iterable[str | os.PathLike[str]]) -> list[Path]:
     files: list[Path] = []
     for folder in folders:

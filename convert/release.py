@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or out.name
     job = {"calib_audio": data.dev_mixes() or None, "source": weights_path.name, "progress": build.TERMINAL,
            "force": True}
-    vbd = Path(args.vbd) if args.vbd else data.shared_data() / "test" / "vbd_test"
+    vbd = Path(args.vbd) if args.vbd else data.vbd23()
     scored = {"vbd23": vbd, "devmix": Path(args.devmix) if args.devmix else None,
               "gendev": Path(args.gendev) if args.gendev else None}
     results: dict = {"family": fam.name, "weights": weights_path.name, "output_level_fix": level, "modes": {},

@@ -69,19 +69,19 @@ def spectral_loss(clean, est, block_len: int, block_shift: int, complex_share: f
 
     n = tf.minimum(tf.shape(clean)[1], tf.shape(est)[1])
 
-    def compressed(x):
-        """|X|**0.3 and, scaled alike, the real and imaginary parts (all float: no complex gradient)."""
+    def stft(x):
+        """Real and imaginary parts (all float: no complex gradient) and the power."""
         z = tf.signal.stft(x[:, :n], block_len, block_shift, fft_length=block_len)
         re, im = tf.math.real(z), tf.math.imag(z)
-        power = re ** 2 + im ** 2 + 1e-12
-        scale = tf.pow(power, -0.35)
-        return tf.pow(power, 0.15), re * scale, im * scale
+        return re, im, re ** 2 + im ** 2 + 1e-12
 
-    (c, c_re, c_im), (e, e_re, e_im) = compressed(clean), compressed(est)
+    (c_re, c_im, c_pow), (e_re, e_im, e_pow) = stft(clean), stft(est)
+    c, e = tf.pow(c_pow, 0.15), tf.pow(e_pow, 0.15)
     err = tf.reduce_sum((c - e) ** 2, axis=[1, 2])
-    if complex_share:
+    if complex_share:  # |X|**0.3 * X/|X| = X * power**-0.35
+        cs, es = tf.pow(c_pow, -0.35), tf.pow(e_pow, -0.35)
         err = (1.0 - complex_share) * err + complex_share * tf.reduce_sum(
-            (c_re - e_re) ** 2 + (c_im - e_im) ** 2, axis=[1, 2])
+            (c_re * cs - e_re * es) ** 2 + (c_im * cs - e_im * es) ** 2, axis=[1, 2])
     ratio = tf.reduce_sum(c ** 2, axis=[1, 2]) / (err + 1e-8)
     return _negative_db(ratio, 1e-8)
 
