@@ -67,10 +67,12 @@ class TrainConfig:
     """Share of training mixes in simulated rooms; 0 = off."""
     snr: tuple[float, float] = (-5.0, 25.0)
     """dB, low and high."""
+    level: tuple[float, float] = (-35.0, -15.0)
+    """Speech RMS of the training mixes, dBFS, low and high."""
     dev_dir: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("speech", "noise", "snr"):  # JSON gives lists
+        for name in ("speech", "noise", "snr", "level"):  # JSON gives lists
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.family not in FAMILIES:
             raise ConvertError(f"--family {self.family}: this trainer knows {', '.join(FAMILIES)}")
@@ -91,6 +93,9 @@ class TrainConfig:
             raise ConvertError(f"--consistency {self.consistency:g}: a weight of 0 or more, and only with --qat")
         if len(self.snr) != 2 or self.snr[0] > self.snr[1]:
             raise ConvertError(f"--snr {' '.join(f'{v:g}' for v in self.snr)}: LOW above HIGH")
+        if len(self.level) != 2 or self.level[0] > self.level[1] or self.level[1] > 0:
+            raise ConvertError(f"--level {' '.join(f'{v:g}' for v in self.level)}: LOW above HIGH, or HIGH above "
+                               "0 dBFS (full scale)")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str) -> TrainConfig:
@@ -191,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "50 ms of early reflections; dev mixes are unchanged (default: 0, off)")
     p.add_argument("--snr", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help=f"input SNR range of the training mixes in dB (default: {d.snr[0]:g} {d.snr[1]:g})")
+    p.add_argument("--level", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="speech RMS range of the training mixes in dBFS; a mix whose peak would pass 0.99 is "
+                        f"scaled down (default: {d.level[0]:g} {d.level[1]:g}; bench/level.py measures what "
+                        "quieter input costs)")
     p.add_argument("--dev-dir", metavar="DIR",
                    help="choose checkpoints on these clean/noisy WAV pairs (python -m convert.devset "
                         "--generalisation) instead of the fixed dev mixes, which are still scored and logged")

@@ -264,6 +264,31 @@ def test_babble_noise_eq_and_reverb_are_recorded_and_bad_values_refused(tiny_dat
     assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
+def test_mixer_keeps_speech_within_the_level_range():
+    rng = np.random.default_rng(1)
+    speech = [rng.standard_normal(40000).astype(np.float32) * 0.1 for _ in range(3)]
+    noise = [rng.standard_normal(30000).astype(np.float32) for _ in range(2)]
+    mixer = Mixer(speech, noise, MixConfig(segment=16000, level_dbfs=(-52.0, -48.0)), seed=3)
+    levels = [_rms_db(mixer.mix(i)[1]) for i in range(20)]
+    assert all(-52.01 <= v <= -47.99 for v in levels) and np.ptp(levels) > 1
+
+
+def test_level_is_recorded_reaches_training_and_bad_values_are_refused(tiny_data, tmp_path, capsys):
+    from convert.train import main
+
+    # --plain: the published model.h5's DTLN, whose first stage sees raw magnitudes (with the log-magnitude
+    # norm the network, and so the loss, hardly depends on the level)
+    quiet = _train(tiny_data, tmp_path / "q", "--epochs", "1", "--plain", "--level", "-50", "-40")
+    assert json.loads((tmp_path / "q" / "state.json").read_text())["config"]["level"] == [-50, -40]
+    usual = _train(tiny_data, tmp_path / "u", "--epochs", "1", "--plain")  # same seed, default -35..-15 dBFS
+    loss = [[r["train_loss"] for r in log if r["event"] == "epoch"] for log in (quiet, usual)]
+    assert loss[0] != loss[1]  # the same mixes but for their level: the range reached the mixer
+    for bad in (["--level", "-10", "-20"], ["--level", "-20", "3"]):
+        assert main(["--out", str(tmp_path / "bad"), "--data", str(tiny_data), *bad]) == 2
+        assert "--level" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_resume_keeps_the_runs_recipe(tiny_data, tmp_path):
     from convert.train import main
 

@@ -1,0 +1,124 @@
+"""Quality against input level: the same mixes played quieter, each bundle's scores per gain.
+
+    python bench/level.py --model NAME=BUNDLE [--model NAME=BUNDLE ...] [--gendev DIR]
+                          [--gains -18 -12 -6 0] [--out level]
+
+A microphone's gain is the user's choice, and DTLN's first stage sees raw magnitudes: its output depends
+on the input level, not only on the speech and noise in it. Each noisy file of VBD-23
+(``../shared/data/test/vbd_test``) and, given, the generalisation dev set (``python -m convert.devset
+--generalisation``) is scaled by each gain (dB, at most 0: louder would clip some files) before the bundle
+and its output scaled back, then scored against the clean reference with ``edge.evaluate.scores`` (the
+scorer of ``edge-denoise eval``: PESQ-WB, STOI, SI-SDR; the first and last do not depend on the level of
+what they score, so the scaling back only keeps the numbers comparable). Per bundle, set and gain: the
+means and the paired difference to the same bundle at 0 dB (mean per file, 95 % bootstrap interval). Scores
+are cached per bundle, set and gain under the bench work folder. Writes bench/results/OUT.json and OUT.md.
+
+This is a measurement, not a tuning knob: no gain here is chosen on VBD-23 (the test set) for a shipped
+model.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from common import SHARED, WORK, command_line, portable, skip, write_result
+from generalisation import METRICS, RATE, cached, output_key, paired
+
+import edge
+from edge.audio import read_audio, to_mono_rate
+from edge.evaluate import pairs, scores
+
+
+def load_set(root: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(file name, clean, noisy) of every pair under ``root``, cut to the shorter side."""
+    out = []
+    for c, n in pairs(str(root / "clean"), str(root / "noisy")):
+        xc, src, _ = read_audio(str(c))
+        xn, srn, _ = read_audio(str(n))
+        clean, noisy = to_mono_rate(xc, src, RATE), to_mono_rate(xn, srn, RATE)
+        m = min(len(clean), len(noisy))
+        out.append((n.name, clean[:m], noisy[:m]))
+    return out
+
+
+def score_gain(bundle, audio: list, gain_db: float) -> list[dict]:
+    """Per-file scores of the bundle's output for the noisy side scaled by ``gain_db``, scaled back."""
+    k = np.float32(10 ** (gain_db / 20))
+    rows = []
+    for name, clean, noisy in audio:
+        est = edge.denoise(noisy * k, bundle) / k
+        rows.append({"file": name, **{m: round(v, 4) for m, v in scores(clean, est).items()}})
+    return rows
+
+
+def markdown(res: dict) -> str:
+    gains = res["gains_db"]
+    lines = [f"# {res['title']}", "", f"`{res['command']}`", ""]
+    for set_name, per_model in res["sets"].items():
+        lines += [f"## {set_name}", "", "PESQ-WB / STOI / SI-SDR dB per input gain; below, PESQ-WB against the "
+                  "same bundle at 0 dB (mean per file [95 % interval]).", "",
+                  "| model | " + " | ".join(f"{g:+g} dB" for g in gains) + " |",
+                  "|---" * (len(gains) + 1) + "|"]
+        for name, r in per_model.items():
+            cells = [" / ".join(f"{r['means'][str(g)][m]:.3f}" if m != "si_sdr" else f"{r['means'][str(g)][m]:.2f}"
+                                for m in METRICS) for g in gains]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        for name, r in per_model.items():
+            cells = [(lambda p: f"{p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]")(
+                r["vs_0db"][str(g)]["pesq_wb"]) if str(g) in r["vs_0db"] else "" for g in gains]
+            lines.append(f"| {name}, vs 0 dB | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", action="append", required=True, metavar="NAME=BUNDLE")
+    p.add_argument("--gendev", type=Path, default=None, help="generalisation dev set (clean/, noisy/)")
+    p.add_argument("--gains", type=float, nargs="+", default=[-18.0, -12.0, -6.0, 0.0], metavar="DB")
+    p.add_argument("--out", default="level", help="results name: bench/results/OUT.json and OUT.md")
+    args = p.parse_args()
+    if any(g > 0 for g in args.gains):
+        p.error(f"--gains must be <= 0 dB (louder would clip some inputs): {args.gains}")
+    gains = sorted(set(args.gains) | {0.0})
+    models = {}
+    for spec in args.model:
+        name, sep, path = spec.partition("=")
+        if not sep or not name:
+            p.error(f"--model takes NAME=BUNDLE, got {spec!r}")
+        models[name] = edge.load_bundle(path)
+    sets = {"VBD-23": SHARED / "data" / "test" / "vbd_test"}
+    if args.gendev is not None:
+        sets["generalisation set"] = args.gendev
+    for s, root in list(sets.items()):
+        if not (root / "noisy").is_dir():
+            if s == "VBD-23":
+                skip(f"no VBD-23 pairs at {root}")
+            p.error(f"{root}: no noisy/ folder")
+    res = {"title": "Quality against input level (noisy input scaled before the bundle, output scaled back)",
+           "gains_db": gains, "models": {n: {"path": str(b.path), "sha256": b.sha256} for n, b in models.items()},
+           "sets": {}}
+    for s, root in sets.items():
+        audio = load_set(root)
+        res["sets"][s] = {}
+        for name, bundle in models.items():
+            per = {}
+            for g in gains:
+                key = WORK / "level" / f"{output_key(bundle)}-{root.name}-{len(audio)}-{g:+g}.json"
+                per[g] = cached(key, lambda b=bundle, a=audio, g=g: score_gain(b, a, g))
+                print(f"{s}, {name}, {g:+g} dB: PESQ-WB {np.mean([r['pesq_wb'] for r in per[g]]):.3f}", flush=True)
+            res["sets"][s][name] = {
+                "means": {str(g): {m: round(float(np.mean([r[m] for r in per[g]])), 4) for m in METRICS}
+                          for g in gains},
+                "vs_0db": {str(g): {m: paired(per[g], per[0.0], m) for m in METRICS} for g in gains if g != 0},
+                "per_file": {str(g): per[g] for g in gains}}
+    path = write_result(args.out, res)
+    path.with_suffix(".md").write_text(markdown({**res, "command": portable(command_line())}) + "\n")
+    print(f"wrote {path} and {path.with_suffix('.md').name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
