@@ -1,7 +1,7 @@
 """Quality against input level: the same mixes played quieter, each bundle's scores per gain.
 
     python bench/level.py --model NAME=BUNDLE [--model NAME=BUNDLE ...] [--gendev DIR]
-                          [--gains -18 -12 -6 0] [--out level]
+                          [--gains -18 -12 -6 0] [--reference NAME] [--out level]
 
 A microphone's gain is the user's choice, and DTLN's first stage sees raw magnitudes: its output depends
 on the input level, not only on the speech and noise in it. Each noisy file of VBD-23
@@ -10,7 +10,8 @@ on the input level, not only on the speech and noise in it. Each noisy file of V
 and its output scaled back, then scored against the clean reference with ``edge.evaluate.scores`` (the
 scorer of ``edge-denoise eval``: PESQ-WB, STOI, SI-SDR; the first and last do not depend on the level of
 what they score, so the scaling back only keeps the numbers comparable). Per bundle, set and gain: the
-means and the paired difference to the same bundle at 0 dB (mean per file, 95 % bootstrap interval). Scores
+means and the paired difference to the same bundle at 0 dB (mean per file, 95 % bootstrap interval), and with
+``--reference`` the paired difference of every other bundle to that one at the same gain. Scores
 are cached per bundle, set and gain under the bench work folder. Writes bench/results/OUT.json and OUT.md.
 
 This is a measurement, not a tuning knob: no gain here is chosen on VBD-23 (the test set) for a shipped
@@ -54,11 +55,13 @@ def score_gain(bundle, audio: list, gain_db: float) -> list[dict]:
 
 
 def markdown(res: dict) -> str:
+    """The tables: per set, each bundle's scores per gain and the paired differences."""
     gains = res["gains_db"]
-    lines = [f"# {res['title']}", "", f"`{res['command']}`", ""]
+    lines = []
     for set_name, per_model in res["sets"].items():
-        lines += [f"## {set_name}", "", "PESQ-WB / STOI / SI-SDR dB per input gain; below, PESQ-WB against the "
-                  "same bundle at 0 dB (mean per file [95 % interval]).", "",
+        lines += [f"### {set_name}", "", "PESQ-WB / STOI / SI-SDR dB per input gain; below, PESQ-WB against the "
+                  "same bundle at 0 dB, then PESQ-WB and SI-SDR against the reference at the same gain (mean per file "
+                  "[95 % interval]).", "",
                   "| model | " + " | ".join(f"{g:+g} dB" for g in gains) + " |",
                   "|---" * (len(gains) + 1) + "|"]
         for name, r in per_model.items():
@@ -69,6 +72,12 @@ def markdown(res: dict) -> str:
             cells = [(lambda p: f"{p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]")(
                 r["vs_0db"][str(g)]["pesq_wb"]) if str(g) in r["vs_0db"] else "" for g in gains]
             lines.append(f"| {name}, vs 0 dB | " + " | ".join(cells) + " |")
+        for name, r in per_model.items():
+            for m in ("pesq_wb", "si_sdr"):
+                if "vs_reference" in r:
+                    cells = [(lambda p: f"{p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]")(
+                        r["vs_reference"][str(g)][m]) for g in gains]
+                    lines.append(f"| {name} - {res['reference']}, {m} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -78,6 +87,8 @@ def main() -> int:
     p.add_argument("--model", action="append", required=True, metavar="NAME=BUNDLE")
     p.add_argument("--gendev", type=Path, default=None, help="generalisation dev set (clean/, noisy/)")
     p.add_argument("--gains", type=float, nargs="+", default=[-18.0, -12.0, -6.0, 0.0], metavar="DB")
+    p.add_argument("--reference", metavar="NAME", default=None,
+                   help="also pair every other --model against this one at each gain")
     p.add_argument("--out", default="level", help="results name: bench/results/OUT.json and OUT.md")
     args = p.parse_args()
     if any(g > 0 for g in args.gains):
@@ -89,6 +100,8 @@ def main() -> int:
         if not sep or not name:
             p.error(f"--model takes NAME=BUNDLE, got {spec!r}")
         models[name] = edge.load_bundle(path)
+    if args.reference is not None and args.reference not in models:
+        p.error(f"--reference {args.reference}: not one of the --model names {sorted(models)}")
     sets = {"VBD-23": SHARED / "data" / "test" / "vbd_test"}
     if args.gendev is not None:
         sets["generalisation set"] = args.gendev
@@ -98,8 +111,8 @@ def main() -> int:
                 skip(f"no VBD-23 pairs at {root}")
             p.error(f"{root}: no noisy/ folder")
     res = {"title": "Quality against input level (noisy input scaled before the bundle, output scaled back)",
-           "gains_db": gains, "models": {n: {"path": str(b.path), "sha256": b.sha256} for n, b in models.items()},
-           "sets": {}}
+           "gains_db": gains, "bundles": {n: {"path": str(b.path), "sha256": b.sha256} for n, b in models.items()},
+           "reference": args.reference, "sets": {}}
     for s, root in sets.items():
         audio = load_set(root)
         res["sets"][s] = {}
@@ -114,8 +127,14 @@ def main() -> int:
                           for g in gains},
                 "vs_0db": {str(g): {m: paired(per[g], per[0.0], m) for m in METRICS} for g in gains if g != 0},
                 "per_file": {str(g): per[g] for g in gains}}
-    path = write_result(args.out, res)
-    path.with_suffix(".md").write_text(markdown({**res, "command": portable(command_line())}) + "\n")
+        ref = res["sets"][s].get(args.reference)
+        for name, r in res["sets"][s].items():
+            if ref is not None and name != args.reference:
+                r["vs_reference"] = {str(g): {m: paired(r["per_file"][str(g)], ref["per_file"][str(g)], m)
+                                              for m in METRICS} for g in gains}
+    md = markdown(res)
+    path = write_result(args.out, {**res, "markdown": md})
+    path.with_suffix(".md").write_text(f"# {res['title']}\n\n`{portable(command_line())}`\n\n{md}")
     print(f"wrote {path} and {path.with_suffix('.md').name}")
     return 0
 
