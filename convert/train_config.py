@@ -198,8 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"input SNR range of the training mixes in dB (default: {d.snr[0]:g} {d.snr[1]:g})")
     p.add_argument("--level", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="speech RMS range of the training mixes in dBFS; a mix whose peak would pass 0.99 is "
-                        f"scaled down (default: {d.level[0]:g} {d.level[1]:g}; bench/level.py measures what "
-                        "quieter input costs)")
+                        "scaled down; dev mixes are unchanged (default: "
+                        f"{d.level[0]:g} {d.level[1]:g}; bench/level.py measures what quieter input costs)")
     p.add_argument("--dev-dir", metavar="DIR",
                    help="choose checkpoints on these clean/noisy WAV pairs (python -m convert.devset "
                         "--generalisation) instead of the fixed dev mixes, which are still scored and logged")
