@@ -25,23 +25,15 @@ from pathlib import Path
 
 import numpy as np
 from common import SHARED, WORK, command_line, portable, skip, write_result
-from generalisation import METRICS, RATE, cached, output_key, paired
+from generalisation import METRICS, cached, output_key, paired
 
 import edge
-from edge.audio import read_audio, to_mono_rate
-from edge.evaluate import pairs, scores
+from edge.evaluate import pairs, read_pair, scores
 
 
 def load_set(root: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(file name, clean, noisy) of every pair under ``root``, cut to the shorter side."""
-    out = []
-    for c, n in pairs(str(root / "clean"), str(root / "noisy")):
-        xc, src, _ = read_audio(str(c))
-        xn, srn, _ = read_audio(str(n))
-        clean, noisy = to_mono_rate(xc, src, RATE), to_mono_rate(xn, srn, RATE)
-        m = min(len(clean), len(noisy))
-        out.append((n.name, clean[:m], noisy[:m]))
-    return out
+    return [(n.name, *read_pair(c, n)) for c, n in pairs(str(root / "clean"), str(root / "noisy"))]
 
 
 def score_gain(bundle, audio: list, gain_db: float) -> list[dict]:
@@ -52,6 +44,10 @@ def score_gain(bundle, audio: list, gain_db: float) -> list[dict]:
         est = edge.denoise(noisy * k, bundle) / k
         rows.append({"file": name, **{m: round(v, 4) for m, v in scores(clean, est).items()}})
     return rows
+
+
+def _interval(p: dict) -> str:
+    return f"{p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
 
 
 def markdown(res: dict) -> str:
@@ -69,14 +65,12 @@ def markdown(res: dict) -> str:
                                 for m in METRICS) for g in gains]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         for name, r in per_model.items():
-            cells = [(lambda p: f"{p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]")(
-                r["vs_0db"][str(g)]["pesq_wb"]) if str(g) in r["vs_0db"] else "" for g in gains]
+            cells = [_interval(r["vs_0db"][str(g)]["pesq_wb"]) if str(g) in r["vs_0db"] else "" for g in gains]
             lines.append(f"| {name}, vs 0 dB | " + " | ".join(cells) + " |")
         for name, r in per_model.items():
             for m in ("pesq_wb", "si_sdr"):
                 if "vs_reference" in r:
-                    cells = [(lambda p: f"{p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]")(
-                        r["vs_reference"][str(g)][m]) for g in gains]
+                    cells = [_interval(r["vs_reference"][str(g)][m]) for g in gains]
                     lines.append(f"| {name} - {res['reference']}, {m} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -73,17 +73,23 @@ def pairs(clean_dir: str, noisy_dir: str) -> list[tuple[Path, Path]]:
     return found
 
 
+def read_pair(clean_path: Path, noisy_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A clean/noisy pair as mono float32 at 16 kHz, cut to the shorter side."""
+    xc, src, _ = read_audio(str(clean_path))
+    xn, srn, _ = read_audio(str(noisy_path))
+    clean, noisy = to_mono_rate(xc, src, RATE), to_mono_rate(xn, srn, RATE)
+    m = min(len(clean), len(noisy))
+    return clean[:m], noisy[:m]
+
+
 def evaluate(bundle, options, pairs, say=lambda msg: None) -> dict:
     from .stream import denoise
 
     rows = []
     audio_s = wall_s = 0.0
     for k, (c, n) in enumerate(pairs, 1):
-        xc, src, _ = read_audio(str(c))
-        xn, srn, _ = read_audio(str(n))
-        clean, noisy = to_mono_rate(xc, src, RATE), to_mono_rate(xn, srn, RATE)
-        m = min(len(clean), len(noisy))
-        clean, noisy = clean[:m], noisy[:m]
+        clean, noisy = read_pair(c, n)
+        m = len(clean)
         t0 = time.perf_counter()
         est = denoise(noisy, bundle, options) if bundle.sample_rate == RATE else None
         if est is None:
