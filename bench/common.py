@@ -54,6 +54,34 @@ def published_bundles(modes: Sequence[str] = ("float32", "dynamic"), work: Path 
     return out
 
 
+AUTO_LEVEL = "+auto-level"
+"""Suffix of a quality bench's ``--model NAME=BUNDLE``: run the bundle with ``Options(auto_level=True)``."""
+
+
+def model_spec(spec: str) -> tuple[str, str, Any]:
+    """``NAME=BUNDLE`` or ``NAME=BUNDLE+auto-level`` -> (name, bundle folder, stream options); ValueError otherwise."""
+    from edge.options import Options
+
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"--model takes NAME=BUNDLE or NAME=BUNDLE{AUTO_LEVEL}, got {spec!r}")
+    auto = path.endswith(AUTO_LEVEL)
+    return name, path[: -len(AUTO_LEVEL)] if auto else path, Options(auto_level=auto)
+
+
+def options_key(options: Any) -> str:
+    """The part of a cached score's name that the stream options change ("" for the defaults); with
+    ``auto_level``, a digest of ``edge.level``'s constants, so that changing them scores afresh."""
+    if not options.auto_level:
+        return ""
+    import hashlib
+
+    from edge import level
+
+    facts = [level.TARGET_DBFS, level.MAX_BOOST_DB, level.GATE_DBFS, level.RISE_S, level.FALL_S]
+    return "-auto-level-" + hashlib.sha256(repr(facts).encode()).hexdigest()[:8]
+
+
 def summary(values: Sequence[float], digits: int = 6) -> dict[str, float]:
     """median, min, max and count of repeated measurements."""
     return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),

@@ -3,6 +3,8 @@
     python bench/generalisation.py --gendev DIR --devmix DIR [--reverberant DIR] --model NAME=BUNDLE
                                    [--model NAME=BUNDLE ...] [--reference NAME] [--out generalisation]
 
+``--model NAME=BUNDLE+auto-level`` scores the bundle with ``Options(auto_level=True)`` (``edge.level``).
+
 Scores every bundle with ``edge.evaluate`` (PESQ-WB, STOI, SI-SDR; the same scorer as ``edge-denoise
 eval``) on VBD-23 (``../shared/data/test/vbd_test``), the generalisation dev set (unseen speakers x noise
 categories absent from training, ``python -m convert.devset --generalisation``; its ``labels.tsv`` gives
@@ -27,7 +29,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import REPO, SHARED, WORK, skip, write_result
+from common import REPO, SHARED, WORK, model_spec, options_key, skip, write_result
 
 import edge
 from edge.audio import read_audio, to_mono_rate
@@ -45,13 +47,13 @@ def highpass(x: np.ndarray, cutoff_hz: float = 60.0) -> np.ndarray:
     return np.fft.irfft(np.fft.rfft(x.astype(np.float64)) * gain, len(x)).astype(np.float32)
 
 
-def transparency(bundle, files: list[Path]) -> dict:
+def transparency(bundle, files: list[Path], options: Options | None = None) -> dict:
     """Clean speech in: the output scored against its own input, both high-passed at 60 Hz."""
     rows = []
     for f in files:
         x, sr, _ = read_audio(str(f))
         x = to_mono_rate(x, sr, RATE)
-        y = edge.denoise(x, bundle)
+        y = edge.denoise(x, bundle, options)
         s = scores(highpass(x), highpass(y))
         rows.append({"file": f.name, "pesq_wb": round(s["pesq_wb"], 4), "si_sdr": round(s["si_sdr"], 3)})
     return {"files": len(rows), "pesq_wb": round(float(np.mean([r["pesq_wb"] for r in rows])), 4),
@@ -80,9 +82,9 @@ def paired(a: list[dict], b: list[dict], metric: str, resamples: int = 10000, se
             "ahead": int((d > 0).sum()), "of": len(d)}
 
 
-def score_set(bundle, root: Path, labels: dict) -> dict:
+def score_set(bundle, root: Path, labels: dict, options: Options | None = None) -> dict:
     """One set's means and per-file scores; with labels (labels.tsv), means per input SNR and category."""
-    r = evaluate(bundle, Options(), pairs(str(root / "clean"), str(root / "noisy")))
+    r = evaluate(bundle, options or Options(), pairs(str(root / "clean"), str(root / "noisy")))
     rows = [{k: v for k, v in row.items() if not k.startswith("gain_")} for row in r["per_file"]]
     out = {"means": {k: v for k, v in r["means"].items() if not k.startswith("gain_")}, "per_file": rows}
     if labels:
@@ -169,18 +171,24 @@ def main() -> int:
             with open(sets[label] / "labels.tsv") as f:
                 labels[label] = {r["file"]: r for r in csv.DictReader(f, delimiter="\t")}
     clean_files = sorted((data / "speech" / "dev").rglob("*.flac")) + sorted((sets["vbd23"] / "clean").glob("*.wav"))
-    models = dict(m.split("=", 1) for m in args.model)
+    try:
+        models = {name: (path, options) for name, path, options in map(model_spec, args.model)}
+    except ValueError as exc:
+        p.error(str(exc))
     ref = args.reference or next(iter(models))
     res = {"sets": list(sets), "reference": ref, "scored": {}}
-    for name, path in models.items():
+    for name, (path, options) in models.items():
         bundle = edge.load_bundle(REPO / path)
-        key = WORK / "generalisation" / output_key(bundle)
+        key = WORK / "generalisation" / (output_key(bundle) + options_key(options))
         print(f"{name} ({path})", flush=True)
-        m = {"bundle": bundle.name, "sha256": bundle.sha256, "quantization": bundle.quantization}
+        m = {"bundle": bundle.name, "sha256": bundle.sha256, "quantization": bundle.quantization,
+             "auto_level": options.auto_level}
         for label, root in sets.items():
-            m[label] = cached(Path(f"{key}-{label}.json"), lambda b=bundle, root=root, label=label: score_set(
-                b, root, labels.get(label, {})))
-        m["transparency"] = cached(Path(f"{key}-transparency.json"), lambda b=bundle: transparency(b, clean_files))
+            found = labels.get(label, {})
+            m[label] = cached(Path(f"{key}-{label}.json"),
+                              lambda b=bundle, r=root, t=found, o=options: score_set(b, r, t, o))
+        m["transparency"] = cached(Path(f"{key}-transparency.json"),
+                                   lambda b=bundle, o=options: transparency(b, clean_files, o))
         res["scored"][name] = m
     for m in res["scored"].values():
         m["paired"] = {s: {k: paired(m[s]["per_file"], res["scored"][ref][s]["per_file"], k) for k in METRICS}

@@ -35,6 +35,7 @@ from .bundle import MANIFEST, Bundle, SubmodelSpec, check_interpreter, parse_sub
 from .errors import BundleError, EdgeError
 from .families import family_class
 from .interpreter import make_interpreter
+from .level import AutoLevel
 from .options import Options
 from .stream import Aligner, check_audio, windows
 from .submodel import _quantizer
@@ -271,6 +272,7 @@ class BatchEngine:
         self._ana, self._syn = windows(bundle.window, self._n, self._s)
         self._inbuf = np.zeros((cap, self._n))
         self._outbuf = np.zeros((cap, self._n))
+        self._level = AutoLevel(cap, self._s, bundle.sample_rate) if options.auto_level else None
         self._slots: dict[int, _Slot] = {}
         self._swept = time.monotonic()
         self.ticks: deque[int] = deque(maxlen=RECENT_CALLS)
@@ -306,6 +308,8 @@ class BatchEngine:
             r.reset_slot(free)
         self._inbuf[free] = 0.0
         self._outbuf[free] = 0.0
+        if self._level is not None:
+            self._level.reset(free)
         self._slots[free] = _Slot(self.latency_samples)
         return free
 
@@ -426,7 +430,11 @@ class BatchEngine:
             frames = self._inbuf[rows]
             frames[:, n - s:] = hops[sel, r]
             spec = np.fft.rfft(frames if self._ana is None else frames * self._ana, axis=-1)
-            out = self._family.steps(spec)
+            if self._level is None:
+                out = self._family.steps(spec)
+            else:
+                g = self._level.gains(rows, hops[sel, r])[:, None]
+                out = self._family.steps(spec * g) / g
             if self._syn is not None:
                 out = out * self._syn
             self._inbuf[rows, :n - s] = frames[:, s:]

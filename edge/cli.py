@@ -29,7 +29,8 @@ def positive_int(text: str) -> int:
 
 
 def add_model_options(p: argparse.ArgumentParser, several: bool = False) -> None:
-    """``--model``, ``--threads``, ``--xnnpack`` on a subcommand that runs a bundle (read back by ``ModelOptions``).
+    """``--model``, ``--threads``, ``--xnnpack``, ``--auto-level`` on a subcommand that runs a bundle (read back
+    by ``ModelOptions``).
 
     ``several``: ``--model`` may be repeated (``profile`` measures several bundles in one run).
     """
@@ -44,6 +45,9 @@ def add_model_options(p: argparse.ArgumentParser, several: bool = False) -> None
     p.add_argument("--threads", type=positive_int, default=1, help="interpreter threads per stream (default: 1)")
     p.add_argument("--xnnpack", action=argparse.BooleanOptionalAction, default=True,
                    help="use the XNNPACK delegate (default: on)")
+    p.add_argument("--auto-level", action=argparse.BooleanOptionalAction, default=False,
+                   help="bring quiet input (level estimate below -26 dBFS) up to the models' training level with a "
+                        "slow gain before the model, undone on its output; louder input is untouched (default: off)")
 
 
 @dataclass(frozen=True)
@@ -55,15 +59,16 @@ class ModelOptions:
     threads: int = 1
     """Interpreter threads per stream."""
     xnnpack: bool = True
+    auto_level: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ModelOptions:
         given = args.model if isinstance(args.model, list) else [args.model] if args.model else []
-        return cls(models=tuple(given), threads=args.threads, xnnpack=args.xnnpack)
+        return cls(models=tuple(given), threads=args.threads, xnnpack=args.xnnpack, auto_level=args.auto_level)
 
     @property
     def options(self) -> Options:
-        return Options(num_threads=self.threads, xnnpack=self.xnnpack)
+        return Options(num_threads=self.threads, xnnpack=self.xnnpack, auto_level=self.auto_level)
 
     def paths(self) -> list[str]:
         """The bundle folders to run: as given, else the default one."""

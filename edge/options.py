@@ -17,6 +17,10 @@ class Options:
     """Run T-block graphs with one packed copy of each weight (ai-edge-litert's compiled model with
     XNNPACK's in-memory weight cache, ``edge.interpreter.SharedWeightsModel``) instead of one copy per
     unrolled hop. Same output; off only to compare the two."""
+    auto_level: bool = False
+    """Bring quiet input up to the level the models were trained at with a slow gain before the model, undone on
+    its output (``edge.level``). Input at or above that level is untouched; off = the model sees the input as
+    it comes (what a bundle's verification figures describe)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_threads, int) or self.num_threads < 1:

@@ -11,6 +11,7 @@ import numpy as np
 from .bundle import Bundle, load_bundle
 from .errors import AudioError
 from .families import Runner, family_class
+from .level import StreamLevel
 from .options import Options
 
 
@@ -120,6 +121,8 @@ class StreamingDenoiser:
         self._ana, self._syn = windows(bundle.window, n, s)
         self._inbuf = np.zeros(n)
         self._outbuf = np.zeros(n)
+        self._level = StreamLevel(s, bundle.sample_rate) if self._options.auto_level else None
+        self._gain = 1.0
         self._fill = 0
         self._samples_in = 0
         self._samples_out = 0
@@ -159,11 +162,18 @@ class StreamingDenoiser:
 
     # processing --------------------------------------------------------------------------------
     def _analyze(self) -> np.ndarray:
-        """rfft of the (windowed) analysis buffer."""
-        return np.fft.rfft(self._inbuf if self._ana is None else self._inbuf * self._ana)
+        """rfft of the (windowed) analysis buffer; with ``auto_level``, times this hop's gain."""
+        spec = np.fft.rfft(self._inbuf if self._ana is None else self._inbuf * self._ana)
+        if self._level is None:
+            return spec
+        self._gain = self._level.gain(self._inbuf[self._n - self._s:])
+        return spec * self._gain
 
     def _synthesize(self, frame: np.ndarray) -> np.ndarray:
-        """Window and overlap-add one output frame, slide the input; return ``block_shift`` samples (a view)."""
+        """Window and overlap-add one output frame (the gain of ``_analyze`` undone), slide the input; return
+        ``block_shift`` samples (a view)."""
+        if self._level is not None:
+            frame = frame / self._gain
         if self._syn is not None:
             frame = frame * self._syn
         out = self._outbuf
@@ -187,7 +197,11 @@ class StreamingDenoiser:
         step = buf.strides[0]
         frames = np.lib.stride_tricks.as_strided(buf, (len(x) // s, n), (s * step, step), writeable=False)
         spec = np.fft.rfft(frames if self._ana is None else frames * self._ana, axis=-1)
-        out = self._family.steps(spec)
+        if self._level is None:
+            out = self._family.steps(spec)
+        else:  # hop by hop, as the per-block path updates the level
+            g = np.array([self._level.gain(h) for h in x.reshape(-1, s)])[:, None]
+            out = self._family.steps(spec * g) / g
         if self._syn is not None:
             out = out * self._syn
         self._inbuf[: n - s] = buf[len(buf) - (n - s):]
@@ -250,6 +264,8 @@ class StreamingDenoiser:
         self._fill = 0
         self._samples_in = self._samples_out = 0
         self._family.reset()
+        if self._level is not None:
+            self._level.reset()
 
 
 class Aligner:

@@ -29,10 +29,10 @@ def pcm(seconds: float, seed: int) -> bytes:
     return float_to_pcm16(x.astype(np.float32))
 
 
-def offline(data: bytes, bundle: str) -> bytes:
+def offline(data: bytes, bundle: str, options: edge.Options | None = None) -> bytes:
     """`edge-denoise denoise` on the same int16 input, quantised as the server quantises."""
     x = pcm16_to_float(data)
-    return float_to_pcm16(denoise_array(x[:, None], RATE, edge.load_bundle(bundle), edge.Options())[:, 0])
+    return float_to_pcm16(denoise_array(x[:, None], RATE, edge.load_bundle(bundle), options or edge.Options())[:, 0])
 
 
 def same_as_offline(got: bytes, data: bytes, bundle: str, lsb: int = 0) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import edge
-from edge.daemon import Client, DaemonError, parse_uri
+from edge.daemon import Client, DaemonError, float_to_pcm16, parse_uri, pcm16_to_float
 
 from .conftest import REPO
 from .daemon_util import CLI, RATE, free_port, offline, pcm, start_servers, stream
@@ -80,6 +80,40 @@ def test_16_concurrent_clients_each_get_the_offline_output(serve, small_bundle, 
         assert st["totals"]["denoisers_created"] == 0  # no per-stream interpreter was made
     else:
         assert b["streams_opened"] == 0 and st["totals"]["denoisers_created"] >= 1
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["per-stream", "batched"])
+def test_auto_level_clients_get_the_offline_output_with_the_same_option(serve, small_bundle, batched_bundle, batched):
+    """``serve --auto-level``: quiet streams (about -40 dBFS) are boosted before the model, as ``edge-denoise denoise
+    --auto-level`` boosts them; the server says so in ``describe`` and ``status``."""
+    bundle = batched_bundle if batched else small_bundle
+    srv = serve(bundle, "--auto-level")
+    assert srv.status()["model"]["auto_level"] is True
+    inputs = [float_to_pcm16(pcm16_to_float(pcm(0.8 + 0.2 * k, seed=40 + k)) * np.float32(0.02)) for k in range(4)]
+    results: dict[int, object] = {}
+
+    def run(k: int) -> None:
+        try:
+            with srv.client() as c:
+                if k == 0:
+                    results["describe"] = c.describe()
+                results[k] = stream(c, inputs[k], (256, 2000, 318, 4096)[k])
+        except Exception as exc:  # reported by the main thread
+            results[k] = exc
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results["describe"]["auto_level"] is True
+    for k, data in enumerate(inputs):
+        got = results.get(k)
+        assert isinstance(got, bytes), f"client {k}: {got!r}"
+        want = offline(data, bundle, edge.Options(auto_level=True))
+        diff = np.abs(np.frombuffer(got, "<i2").astype(int) - np.frombuffer(want, "<i2"))
+        assert diff.max() <= (1 if batched else 0), f"client {k} differs by {diff.max()} LSB"
+        assert got != offline(data, bundle), f"client {k}: the same output as without --auto-level"
 
 
 def test_describe_and_started_name_the_model(serve, small_bundle):

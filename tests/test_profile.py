@@ -98,10 +98,13 @@ def test_schedule_interleaves():
     assert starts == sorted(starts) and len(order) == 6
 
 
-def test_timed_denoiser_computes_what_the_stream_computes(small_bundle):
+@pytest.mark.parametrize("auto_level", [False, True], ids=["plain", "auto-level"])
+def test_timed_denoiser_computes_what_the_stream_computes(small_bundle, auto_level):
     bundle = load_bundle(small_bundle)
     x = (0.1 * np.random.default_rng(3).standard_normal(8000)).astype(np.float32)
-    plain, timed = StreamingDenoiser(bundle), TimedDenoiser(bundle, Options())
+    x[:5000] *= np.float32(0.01)  # -60, then -20 dBFS: the automatic level boosts the start by 30 dB, then not
+    options = Options(auto_level=auto_level)
+    plain, timed = StreamingDenoiser(bundle, options), TimedDenoiser(bundle, options)
     for chunk in (1, 127, 128, 1000):
         ys = [np.concatenate([d.process(x[i:i + chunk]) for i in range(0, len(x), chunk)] + [d.flush()])
               for d in (plain, timed)]

@@ -349,8 +349,8 @@ class Server:
         b = self.bundle
         return {"type": "describe", "model": b.name, "sha256": b.sha256, "family": b.family,
                 "sample_rate": b.sample_rate, "block_shift": b.block_shift, "latency_samples": b.latency_samples,
-                "quantization": b.quantization, "version": __version__, "protocol": PROTOCOL,
-                "max_message_bytes": self.limits.max_message_bytes}
+                "quantization": b.quantization, "auto_level": self.options.auto_level, "version": __version__,
+                "protocol": PROTOCOL, "max_message_bytes": self.limits.max_message_bytes}
 
     def status(self) -> dict[str, Any]:
         """Live figures: every open stream, the last closed ones, totals, process CPU/RSS, the model."""

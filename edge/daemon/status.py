@@ -72,7 +72,7 @@ def build_status(server: Server, limits: dict[str, Any]) -> dict[str, Any]:
                       **(server.batcher.figures() if server.batcher is not None else {})},
             "model": {"name": b.name, "sha256": b.sha256, "path": server.model_path, "family": b.family,
                       "sample_rate": b.sample_rate, "latency_samples": b.latency_samples,
-                      "loaded_at": server.loaded_at},
+                      "loaded_at": server.loaded_at, "auto_level": server.options.auto_level},
             "process": process_figures(), "totals": t, "streams": streams, "recent": list(server.recent)}
 
 
