@@ -79,7 +79,7 @@ def markdown(res: dict) -> str:
                     lines.append(f"| {name} - {r['vs_plain']['name']}, {m} | " + " | ".join(cells) + " |")
         for name, r in per_model.items():
             for m in ("pesq_wb", "si_sdr"):
-                if "vs_reference" in r:
+                if "vs_reference" in r and r.get("vs_plain", {}).get("name") != res["reference"]:  # not twice
                     cells = [_interval(r["vs_reference"][str(g)][m]) for g in gains]
                     lines.append(f"| {name} - {res['reference']}, {m} | " + " | ".join(cells) + " |")
         lines.append("")
