@@ -167,12 +167,12 @@ class StreamingDenoiser:
         if self._level is None:
             return spec
         self._gain = self._level.gain(self._inbuf[self._n - self._s:])
-        return spec * self._gain
+        return spec if self._gain == 1.0 else spec * self._gain
 
     def _synthesize(self, frame: np.ndarray) -> np.ndarray:
         """Window and overlap-add one output frame (the gain of ``_analyze`` undone), slide the input; return
         ``block_shift`` samples (a view)."""
-        if self._level is not None:
+        if self._level is not None and self._gain != 1.0:
             frame = frame / self._gain
         if self._syn is not None:
             frame = frame * self._syn
