@@ -39,8 +39,10 @@ FALL_S = 3.0
 """Time constant (seconds) when it gets quieter: the gain rises slowly (pauses are not boosted much)."""
 
 
-def _alpha(tau_s: float, hop_s: float) -> float:
-    return float(1.0 - np.exp(-hop_s / tau_s))
+def _rates(block_shift: int, sample_rate: int) -> tuple[float, float, float]:
+    """(rise step, fall step, gate power) of the one-pole estimate, for hops of ``block_shift`` samples."""
+    hop_s = block_shift / sample_rate
+    return 1.0 - math.exp(-hop_s / RISE_S), 1.0 - math.exp(-hop_s / FALL_S), 10.0 ** (GATE_DBFS / 10)
 
 
 def hop_power(hops: np.ndarray) -> np.ndarray:
@@ -52,10 +54,7 @@ class StreamLevel:
     """One stream's level estimate and gain, hop by hop."""
 
     def __init__(self, block_shift: int, sample_rate: int):
-        hop_s = block_shift / sample_rate
-        self._rise = _alpha(RISE_S, hop_s)
-        self._fall = _alpha(FALL_S, hop_s)
-        self._gate = 10.0 ** (GATE_DBFS / 10)
+        self._rise, self._fall, self._gate = _rates(block_shift, sample_rate)
         self.power = 0.0
         """Smoothed power of the input (full scale = 1; 0 = no hop above the gate yet)."""
 
@@ -83,15 +82,12 @@ class AutoLevel:
     for a batch."""
 
     def __init__(self, rows: int, block_shift: int, sample_rate: int):
-        hop_s = block_shift / sample_rate
-        self._rise = _alpha(RISE_S, hop_s)
-        self._fall = _alpha(FALL_S, hop_s)
-        self._gate = 10.0 ** (GATE_DBFS / 10)
+        self._rise, self._fall, self._gate = _rates(block_shift, sample_rate)
         self.power = np.zeros(rows)
         """Smoothed power of each row's input (full scale = 1)."""
 
     def reset(self, rows: slice | np.ndarray | int = slice(None)) -> None:
-        """Forget the level of ``rows`` (all by default): a new stream starts unboosted until it has a level."""
+        """Forget the level of ``rows`` (all by default): a new stream's first audible hop is its first estimate."""
         self.power[rows] = 0.0
 
     def gains(self, rows: slice | np.ndarray, hops: np.ndarray) -> np.ndarray:
