@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -113,3 +114,23 @@ def stream(client: Client, data: bytes, chunk: int) -> bytes:
     client.start()
     out = [client.send(data[i:i + chunk]) for i in range(0, len(data), chunk)]
     return b"".join(out) + client.stop()
+
+
+def concurrent_clients(srv: Server, inputs: list[bytes], chunks: list[int]) -> dict[int, object]:
+    """Each input streamed by its own client at once (chunk ``chunks[k]`` bytes): its output bytes, or the
+    exception that client met (the caller asserts)."""
+    results: dict[int, object] = {}
+
+    def run(k: int) -> None:
+        try:
+            with srv.client() as c:
+                results[k] = stream(c, inputs[k], chunks[k])
+        except Exception as exc:  # reported by the caller
+            results[k] = exc
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results

@@ -23,7 +23,7 @@ import edge
 from edge.daemon import Client, DaemonError, float_to_pcm16, parse_uri, pcm16_to_float
 
 from .conftest import REPO
-from .daemon_util import CLI, RATE, free_port, offline, pcm, start_servers, stream
+from .daemon_util import CLI, RATE, concurrent_clients, free_port, offline, pcm, start_servers, stream
 
 DEFAULT_BUNDLE = "pretrained_model/dtln-finetuned/float32"
 """The default bundle the units tell users to copy (the lead ships it on main)."""
@@ -43,20 +43,7 @@ def test_16_concurrent_clients_each_get_the_offline_output(serve, small_bundle, 
     srv = serve(bundle)
     inputs = [pcm(0.5 + 0.1 * k, seed=k) for k in range(16)]
     chunks = [2 * c for c in (1, 127, 128, 160, 1000, 4000, 333, 512)] * 2
-    results: dict[int, object] = {}
-
-    def run(k: int) -> None:
-        try:
-            with srv.client() as c:
-                results[k] = stream(c, inputs[k], chunks[k])
-        except Exception as exc:  # reported by the main thread
-            results[k] = exc
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    results = concurrent_clients(srv, inputs, chunks)
     for k in range(16):
         got = results.get(k)
         assert isinstance(got, bytes), f"client {k}: {got!r}"
@@ -90,23 +77,9 @@ def test_auto_level_clients_get_the_offline_output_with_the_same_option(serve, s
     srv = serve(bundle, "--auto-level")
     assert srv.status()["model"]["auto_level"] is True
     inputs = [float_to_pcm16(pcm16_to_float(pcm(0.8 + 0.2 * k, seed=40 + k)) * np.float32(0.02)) for k in range(4)]
-    results: dict[int, object] = {}
-
-    def run(k: int) -> None:
-        try:
-            with srv.client() as c:
-                if k == 0:
-                    results["describe"] = c.describe()
-                results[k] = stream(c, inputs[k], (256, 2000, 318, 4096)[k])
-        except Exception as exc:  # reported by the main thread
-            results[k] = exc
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert results["describe"]["auto_level"] is True
+    with srv.client() as c:
+        assert c.describe()["auto_level"] is True
+    results = concurrent_clients(srv, inputs, [256, 2000, 318, 4096])
     for k, data in enumerate(inputs):
         got = results.get(k)
         assert isinstance(got, bytes), f"client {k}: {got!r}"
