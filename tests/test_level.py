@@ -128,13 +128,17 @@ def test_batched_streams_match_each_stream_alone(batched_bundle):
     for k, x in zip(slots, xs, strict=True):
         y = np.concatenate(got[k] + [eng.flush(k)])
         np.testing.assert_allclose(y, edge.denoise(x, b, AUTO), atol=1e-5, rtol=0)
+    assert np.abs(edge.denoise(xs[0], b, AUTO) - edge.denoise(xs[0], b)).max() > 1e-4  # 10x the tolerance
 
 
 def test_cli_option_reaches_the_stream(small_bundle, tmp_path):
     x = quiet_speech_like(1.2, 7)
     sf.write(tmp_path / "q.wav", x, RATE, subtype="FLOAT")
+    outs = []
     for flag, options in (("--auto-level", AUTO), ("--no-auto-level", Options())):
         out = tmp_path / f"o{flag}.wav"
         assert main(["denoise", "--model", small_bundle, str(tmp_path / "q.wav"), "-o", str(out), "-q", flag]) == 0
         y, _ = sf.read(out, dtype="float32")
         assert np.array_equal(y, np.clip(edge.denoise(x, small_bundle, options), -1, 1)), flag
+        outs.append(y)
+    assert np.abs(outs[0] - outs[1]).max() > 1e-4  # the flag changed the output (-45 dBFS input: boosted)
