@@ -346,7 +346,7 @@ def profile(models: Sequence[str], options: Options, seconds: float = 20.0, warm
         "command": command,
         "device": device,
         "settings": {"seconds": seconds, "warmup_blocks": warmup, "threads": options.num_threads,
-                     "xnnpack": options.xnnpack, "audio": audio_desc,
+                     "xnnpack": options.xnnpack, "auto_level": options.auto_level, "audio": audio_desc,
                      "interleave": (f"round robin, turns of {turn_seconds:g} s of audio" if turn_seconds else
                                     "round robin, turns of one block") + ", first stream rotating",
                      "calls": "process() with one block shift of audio per call",

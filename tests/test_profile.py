@@ -49,7 +49,7 @@ def test_profile_schema(profile_json, two_bundles):
         assert key in prof["device"], key
     assert prof["device"]["threads"] == 1 and prof["device"]["xnnpack"] is True
     assert prof["device"]["cores"] >= 1 and prof["device"]["python"] and prof["device"]["interpreter_version"]
-    assert prof["settings"]["audio"]["kind"] == "file"
+    assert prof["settings"]["audio"]["kind"] == "file" and prof["settings"]["auto_level"] is False
     assert prof["command"].startswith("edge-denoise profile --model ")
     for rec, path in zip(prof["bundles"], two_bundles, strict=True):
         bundle = load_bundle(path)
