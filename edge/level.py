@@ -77,7 +77,7 @@ class StreamLevel:
             self.power = p
         if p == 0.0:
             return 1.0
-        boost = min(max(TARGET_DBFS - 10.0 * math.log10(max(p, self._gate)), 0.0), MAX_BOOST_DB)
+        boost = min(max(TARGET_DBFS - 10.0 * math.log10(p), 0.0), MAX_BOOST_DB)  # p > gate once set
         return 10.0 ** (boost / 20.0)
 
 

@@ -197,10 +197,11 @@ class StreamingDenoiser:
         step = buf.strides[0]
         frames = np.lib.stride_tricks.as_strided(buf, (len(x) // s, n), (s * step, step), writeable=False)
         spec = np.fft.rfft(frames if self._ana is None else frames * self._ana, axis=-1)
-        if self._level is None:
+        # the gains hop by hop, as the per-block path updates the level; all 1: nothing to multiply
+        g = None if self._level is None else np.array([self._level.gain(h) for h in x.reshape(-1, s)])[:, None]
+        if g is None or not (g != 1.0).any():
             out = self._family.steps(spec)
-        else:  # hop by hop, as the per-block path updates the level
-            g = np.array([self._level.gain(h) for h in x.reshape(-1, s)])[:, None]
+        else:
             out = self._family.steps(spec * g) / g
         if self._syn is not None:
             out = out * self._syn
