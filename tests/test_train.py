@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -167,6 +168,18 @@ def test_keep_epochs_keeps_every_epochs_weights_for_this_invocation_only(tiny_da
     _train(tiny_data, tmp_path / "k", "--epochs", "3", "--resume")
     assert sorted(p.name for p in (tmp_path / "k").glob("epoch-*.h5")) == kept
     assert json.loads((tmp_path / "k" / "state.json").read_text())["config"]["keep_epochs"] is False
+
+
+def test_training_pools_tensorflows_cpu_memory_unless_the_environment_says_otherwise(tiny_data, tmp_path,
+                                                                                   monkeypatch):
+    from convert.train import ALLOCATOR_ENV, allocator_environment
+
+    monkeypatch.delenv(ALLOCATOR_ENV, raising=False)
+    _train(tiny_data, tmp_path / "a", "--epochs", "1")
+    assert os.environ[ALLOCATOR_ENV] == "true"  # a later TensorFlow import (a fresh run) sees it
+    mine = {ALLOCATOR_ENV: "false"}
+    allocator_environment(mine)
+    assert mine == {ALLOCATOR_ENV: "false"}
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_data, tmp_path, capsys):
