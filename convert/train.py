@@ -165,7 +165,8 @@ def train(tc: TrainConfig, state: dict | None = None) -> int:
     t0 = time.monotonic()
     mixer = Mixer(speech, noise, MixConfig(segment=run.seg, speech_highpass_hz=tc.speech_highpass,
                                            babble_prob=tc.babble, noise_eq_db=tc.noise_eq, speed=tc.speed,
-                                           reverb_prob=tc.reverb, snr_db=tuple(tc.snr),
+                                           reverb_prob=tc.reverb, rumble_prob=tc.rumble,
+                                           snr_db=tuple(tc.snr),
                                            level_dbfs=tuple(tc.level)), seed=tc.seed)
     if mixer.rooms:
         log(event="rooms", count=len(mixer.rooms), seconds=round(time.monotonic() - t0, 1))

@@ -65,6 +65,8 @@ class TrainConfig:
     speed: float = 0.0
     reverb: float = 0.0
     """Share of training mixes in simulated rooms; 0 = off."""
+    rumble: float = 0.0
+    """Share of training mixes whose noise gets low-frequency rumble; 0 = off."""
     snr: tuple[float, float] = (-5.0, 25.0)
     """dB, low and high."""
     level: tuple[float, float] = (-35.0, -15.0)
@@ -89,6 +91,8 @@ class TrainConfig:
             raise ConvertError(f"--speed {self.speed}: a relative range from 0 to 0.5")
         if not 0 <= self.reverb <= 1:
             raise ConvertError(f"--reverb {self.reverb}: a share of mixes, from 0 to 1")
+        if not 0 <= self.rumble <= 1:
+            raise ConvertError(f"--rumble {self.rumble}: a share of mixes, from 0 to 1")
         if self.consistency < 0 or (self.consistency and not self.qat):
             raise ConvertError(f"--consistency {self.consistency:g}: a weight of 0 or more, and only with --qat")
         if len(self.snr) != 2 or self.snr[0] > self.snr[1]:
@@ -194,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of training mixes whose speech is played in a simulated room (128 shoebox "
                         "rooms, RT60 0.2-0.6 s by Sabine, pyroomacoustics); the target keeps the direct path and "
                         "50 ms of early reflections; dev mixes are unchanged (default: 0, off)")
+    p.add_argument("--rumble", type=float, metavar="P",
+                   help="share of training mixes whose noise gets low-frequency rumble (white noise low-passed "
+                        "at 15-120 Hz, -10..+5 dB against the noise) before the SNR is set; dev mixes are "
+                        "unchanged (default: 0, off)")
     p.add_argument("--snr", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help=f"input SNR range of the training mixes in dB (default: {d.snr[0]:g} {d.snr[1]:g})")
     p.add_argument("--level", type=float, nargs=2, metavar=("LOW", "HIGH"),

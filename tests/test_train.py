@@ -79,6 +79,21 @@ def test_babble_and_noise_eq_off_leave_every_mix_as_it_was():
     assert any(not np.array_equal(old.mix(i)[0], on.mix(i)[0]) for i in range(20))
 
 
+def test_rumble_puts_low_frequency_noise_into_the_mixture_not_the_target():
+    t = np.arange(40000) / 16000
+    speech = [(0.1 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)]
+    noise = [np.sin(2 * np.pi * 3000 * t).astype(np.float32)]  # recorded noise with nothing below 100 Hz
+    base = dict(segment=16000, second_noise_prob=0.0, synthetic_prob=0.0)
+    off, on = (Mixer(speech, noise, MixConfig(**base, rumble_prob=p), seed=5) for p in (0.0, 1.0))
+    for i in range(6):
+        assert _band_db(off.mix(i)[0] - off.mix(i)[1], 1, 100) < -60
+        noisy, clean = on.mix(i)
+        assert -14 < _band_db(noisy - clean, 1, 150) < -1  # rumble at -10..+5 dB against the noise
+        assert _band_db(clean, 1, 150) < -60  # the target is untouched
+    assert all(np.array_equal(Mixer(speech, noise, MixConfig(**base), seed=5).mix(i)[0], off.mix(i)[0])
+               for i in range(6))  # off draws nothing: recipes without it reproduce
+
+
 def test_babble_noise_is_made_of_the_speech_pool():
     t = np.arange(40000) / 16000
     # every "talker" is a pure 300 Hz tone; the recorded noise is a 3 kHz tone
@@ -263,15 +278,17 @@ def test_speech_highpass_is_recorded_and_kept_on_resume(tiny_data, tmp_path, cap
     assert main(["--out", str(tmp_path / "neg"), "--data", str(tiny_data), "--speech-highpass", "-1"]) == 2
 
 
-def test_babble_noise_eq_and_reverb_are_recorded_and_bad_values_refused(tiny_data, tmp_path, capsys):
+def test_babble_noise_eq_reverb_and_rumble_are_recorded_and_bad_values_refused(tiny_data, tmp_path, capsys):
     from convert.train import main
 
-    _train(tiny_data, tmp_path / "b", "--epochs", "1", "--babble", "0.3", "--noise-eq", "6", "--reverb", "0.5")
+    _train(tiny_data, tmp_path / "b", "--epochs", "1", "--babble", "0.3", "--noise-eq", "6", "--reverb", "0.5",
+           "--rumble", "0.3")
     config = json.loads((tmp_path / "b" / "state.json").read_text())["config"]
-    assert config["babble"] == 0.3 and config["noise_eq"] == 6 and config["reverb"] == 0.5
+    assert config["babble"] == 0.3 and config["noise_eq"] == 6 and config["reverb"] == 0.5 and config["rumble"] == 0.3
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["count"] for r in log if r.get("event") == "rooms"] == [128]
-    for bad in (["--babble", "1.5"], ["--babble", "-0.1"], ["--noise-eq", "-3"], ["--reverb", "1.5"]):
+    for bad in (["--babble", "1.5"], ["--babble", "-0.1"], ["--noise-eq", "-3"], ["--reverb", "1.5"],
+                ["--rumble", "-0.2"]):
         assert main(["--out", str(tmp_path / "bad"), "--data", str(tiny_data), *bad]) == 2
         assert bad[0] in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # refused before anything was written
