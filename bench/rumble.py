@@ -1,0 +1,145 @@
+"""Low-frequency rumble: how much of each set's speech and noise lies below a cutoff, and what a model's
+SI-SDR would be without what it left there.
+
+    python bench/rumble.py [--gendev DIR] [--train DIR ...] [--model NAME=BUNDLE ...] [--cutoff 30]
+                           [--out rumble]
+
+Part one, per set (VBD-23 at ``../shared/data/test/vbd_test``, the generalisation dev set given as
+``--gendev``): the share of the energy below ``--cutoff`` Hz in each clean file and in each file's noise
+(noisy - clean), in dB, median and 90th percentile over the files; with ``--train``, the same for every audio
+file under each folder (training speech or noise; at most 60 files each, drawn with a fixed seed).
+
+Part two, per ``--model`` and set: the mean SI-SDR of the output as it is, and of the output high-passed
+(zero-phase, ``generalisation.highpass``) at 20, 30 and 60 Hz against the unchanged clean reference, with the
+paired difference (mean per file, 95 % bootstrap interval) of the 30 Hz figure to the output as it is. A model
+that passes rumble through gains here; one that keeps speech the reference holds below the cutoff loses.
+This measures what a training recipe should change (``python -m convert.train --rumble``); no shipped model
+high-passes its output. Writes bench/results/OUT.json and OUT.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import numpy as np
+from common import SHARED, command_line, model_spec, portable, skip, write_result
+from generalisation import RATE, highpass, paired
+from level import load_set
+
+import edge
+from edge.audio import EXTENSIONS, read_audio, to_mono_rate
+from edge.evaluate import si_sdr
+
+HIGHPASS_HZ = (20.0, 30.0, 60.0)
+
+
+def band_share_db(x: np.ndarray, cutoff_hz: float) -> float:
+    """Energy below ``cutoff_hz`` over all energy of ``x``, in dB."""
+    power = np.abs(np.fft.rfft(np.asarray(x, np.float64))) ** 2
+    f = np.fft.rfftfreq(len(x), 1.0 / RATE)
+    return float(10 * np.log10((power[f < cutoff_hz].sum() + 1e-30) / (power.sum() + 1e-30)))
+
+
+def spread(values: list[float]) -> dict:
+    return {"files": len(values), "median_db": round(float(np.median(values)), 1),
+            "p90_db": round(float(np.percentile(values, 90)), 1)}
+
+
+def folder_files(folder: Path, count: int = 60) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS)
+    return sorted(random.Random(0).sample(files, min(count, len(files))))
+
+
+def model_rows(bundle, audio: list) -> list[dict]:
+    """Per file: SI-SDR of the output as it is and high-passed at each of ``HIGHPASS_HZ``."""
+    rows = []
+    for name, clean, noisy in audio:
+        est = edge.denoise(noisy, bundle)
+        rows.append({"file": name, "as_is": round(si_sdr(clean, est), 3),
+                     **{f"hp{hz:g}": round(si_sdr(clean, highpass(est, hz)), 3) for hz in HIGHPASS_HZ}})
+    return rows
+
+
+def markdown(res: dict) -> str:
+    c = res["cutoff_hz"]
+    lines = [f"Share of the energy below {c:g} Hz (dB; median / 90th percentile over files):", "",
+             "| audio | files | median | p90 |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['files']} | {v['median_db']:.1f} | {v['p90_db']:.1f} |" for k, v in res["band"].items()]
+    if res["models"]:
+        lines += ["", "Mean SI-SDR (dB) of the output as it is and high-passed (zero-phase) against the unchanged "
+                  "clean reference; last column: high-passed at 30 Hz minus as it is, mean per file [95 % interval].",
+                  "", "| model | set | as is | " + " | ".join(f"{hz:g} Hz" for hz in HIGHPASS_HZ) + " | 30 Hz - as is |",
+                  "|---" * (len(HIGHPASS_HZ) + 4) + "|"]
+        for name, per_set in res["models"].items():
+            for s, r in per_set.items():
+                d = r["hp30_vs_as_is"]
+                lines.append(f"| {name} | {s} | {r['as_is']:.2f} | "
+                             + " | ".join(f"{r[f'hp{hz:g}']:.2f}" for hz in HIGHPASS_HZ)
+                             + f" | {d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gendev", type=Path, default=None, help="generalisation dev set (clean/, noisy/)")
+    p.add_argument("--train", type=Path, action="append", default=[], metavar="DIR",
+                   help="a training speech or noise folder to measure too (repeatable)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=BUNDLE")
+    p.add_argument("--cutoff", type=float, default=30.0, help="band edge in Hz (default: 30)")
+    p.add_argument("--out", default="rumble", help="results name: bench/results/OUT.json and OUT.md")
+    args = p.parse_args()
+    if not 0 < args.cutoff < RATE / 2:
+        p.error(f"--cutoff {args.cutoff:g}: a frequency between 0 and {RATE // 2} Hz")
+    sets = {"VBD-23": SHARED / "data" / "test" / "vbd_test"}
+    if args.gendev is not None:
+        sets["generalisation set"] = args.gendev
+    for s, root in sets.items():
+        if not (root / "noisy").is_dir():
+            if s == "VBD-23":
+                skip(f"no VBD-23 pairs at {root}")
+            p.error(f"{root}: no noisy/ folder")
+    for folder in args.train:
+        if not folder.is_dir():
+            p.error(f"--train {folder}: no such folder")
+    models = {}
+    for spec in args.model:
+        try:
+            name, path, _ = model_spec(spec)
+        except ValueError as exc:
+            p.error(str(exc))
+        models[name] = edge.load_bundle(path)
+
+    res = {"title": "Low-frequency rumble in the sets and in the models' outputs", "cutoff_hz": args.cutoff,
+           "band": {}, "models": {n: {} for n in models},
+           "bundles": {n: {"path": str(b.path), "sha256": b.sha256} for n, b in models.items()}}
+    for s, root in sets.items():
+        audio = load_set(root)
+        res["band"][f"{s}, clean"] = spread([band_share_db(c, args.cutoff) for _, c, _ in audio])
+        res["band"][f"{s}, noise"] = spread([band_share_db(n - c, args.cutoff) for _, c, n in audio])
+        for name, bundle in models.items():
+            rows = model_rows(bundle, audio)
+            res["models"][name][s] = {
+                **{k: round(float(np.mean([r[k] for r in rows])), 3) for k in rows[0] if k != "file"},
+                "hp30_vs_as_is": paired([{"file": r["file"], "v": r["hp30"]} for r in rows],
+                                        [{"file": r["file"], "v": r["as_is"]} for r in rows], "v"),
+                "per_file": rows}
+            print(f"{s}, {name}: SI-SDR {res['models'][name][s]['as_is']:.2f} dB, "
+                  f"high-passed at 30 Hz {res['models'][name][s]['hp30']:.2f}", flush=True)
+    for folder in args.train:
+        shares = []
+        for f in folder_files(folder):
+            x, sr, _ = read_audio(str(f))
+            shares.append(band_share_db(to_mono_rate(x, sr, RATE), args.cutoff))
+        res["band"][f"training: {folder.parent.name}/{folder.name}"] = spread(shares)
+    md = markdown(res)
+    path = write_result(args.out, {**res, "markdown": md})
+    path.with_suffix(".md").write_text(f"# {res['title']}\n\n`{portable(command_line())}`\n\n{md}")
+    print(md)
+    print(f"wrote {path} and {path.with_suffix('.md').name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
