@@ -70,7 +70,8 @@ def markdown(res: dict) -> str:
     if res["models"]:
         lines += ["", "Mean SI-SDR (dB) of the output as it is and high-passed (zero-phase) against the unchanged "
                   "clean reference; last column: high-passed at 30 Hz minus as it is, mean per file [95 % interval].",
-                  "", "| model | set | as is | " + " | ".join(f"{hz:g} Hz" for hz in HIGHPASS_HZ) + " | 30 Hz - as is |",
+                  "", "| model | set | as is | " + " | ".join(f"{hz:g} Hz" for hz in HIGHPASS_HZ)
+                  + " | 30 Hz - as is |",
                   "|---" * (len(HIGHPASS_HZ) + 4) + "|"]
         for name, per_set in res["models"].items():
             for s, r in per_set.items():
