@@ -67,13 +67,13 @@ def markdown(res: dict) -> str:
     lines = [f"Share of the energy below {c:g} Hz (dB; median / 90th percentile over files):", "",
              "| audio | files | median | p90 |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['files']} | {v['median_db']:.1f} | {v['p90_db']:.1f} |" for k, v in res["band"].items()]
-    if res["models"]:
+    if res["per_model"]:
         lines += ["", "Mean SI-SDR (dB) of the output as it is and high-passed (zero-phase) against the unchanged "
                   "clean reference; last column: high-passed at 30 Hz minus as it is, mean per file [95 % interval].",
                   "", "| model | set | as is | " + " | ".join(f"{hz:g} Hz" for hz in HIGHPASS_HZ)
                   + " | 30 Hz - as is |",
                   "|---" * (len(HIGHPASS_HZ) + 4) + "|"]
-        for name, per_set in res["models"].items():
+        for name, per_set in res["per_model"].items():
             for s, r in per_set.items():
                 d = r["hp30_vs_as_is"]
                 lines.append(f"| {name} | {s} | {r['as_is']:.2f} | "
@@ -113,7 +113,7 @@ def main() -> int:
         models[name] = edge.load_bundle(path)
 
     res = {"title": "Low-frequency rumble in the sets and in the models' outputs", "cutoff_hz": args.cutoff,
-           "band": {}, "models": {n: {} for n in models},
+           "band": {}, "per_model": {n: {} for n in models},
            "bundles": {n: {"path": str(b.path), "sha256": b.sha256} for n, b in models.items()}}
     for s, root in sets.items():
         audio = load_set(root)
@@ -121,13 +121,13 @@ def main() -> int:
         res["band"][f"{s}, noise"] = spread([band_share_db(n - c, args.cutoff) for _, c, n in audio])
         for name, bundle in models.items():
             rows = model_rows(bundle, audio)
-            res["models"][name][s] = {
+            res["per_model"][name][s] = {
                 **{k: round(float(np.mean([r[k] for r in rows])), 3) for k in rows[0] if k != "file"},
                 "hp30_vs_as_is": paired([{"file": r["file"], "v": r["hp30"]} for r in rows],
                                         [{"file": r["file"], "v": r["as_is"]} for r in rows], "v"),
                 "per_file": rows}
-            print(f"{s}, {name}: SI-SDR {res['models'][name][s]['as_is']:.2f} dB, "
-                  f"high-passed at 30 Hz {res['models'][name][s]['hp30']:.2f}", flush=True)
+            print(f"{s}, {name}: SI-SDR {res['per_model'][name][s]['as_is']:.2f} dB, "
+                  f"high-passed at 30 Hz {res['per_model'][name][s]['hp30']:.2f}", flush=True)
     for folder in args.train:
         shares = []
         for f in folder_files(folder):
