@@ -29,7 +29,7 @@ from generalisation import RATE, highpass, paired
 from level import load_set
 
 import edge
-from edge.audio import EXTENSIONS, read_audio, to_mono_rate
+from convert.data import find_audio, load_files
 from edge.evaluate import si_sdr
 
 HIGHPASS_HZ = (20.0, 30.0, 60.0)
@@ -48,7 +48,7 @@ def spread(values: list[float]) -> dict:
 
 
 def folder_files(folder: Path, count: int = 60) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS)
+    files = find_audio([folder])
     return sorted(random.Random(0).sample(files, min(count, len(files))))
 
 
@@ -129,10 +129,7 @@ def main() -> int:
             print(f"{s}, {name}: SI-SDR {res['per_model'][name][s]['as_is']:.2f} dB, "
                   f"high-passed at 30 Hz {res['per_model'][name][s]['hp30']:.2f}", flush=True)
     for folder in args.train:
-        shares = []
-        for f in folder_files(folder):
-            x, sr, _ = read_audio(str(f))
-            shares.append(band_share_db(to_mono_rate(x, sr, RATE), args.cutoff))
+        shares = [band_share_db(x, args.cutoff) for x in load_files(folder_files(folder), RATE)]
         res["band"][f"training: {folder.parent.name}/{folder.name}"] = spread(shares)
     md = markdown(res)
     path = write_result(args.out, {**res, "markdown": md})
