@@ -13,8 +13,13 @@ Part two, per ``--model`` and set: the mean SI-SDR of the output as it is, and o
 (zero-phase, ``generalisation.highpass``) at 20, 30 and 60 Hz against the unchanged clean reference, with the
 paired difference (mean per file, 95 % bootstrap interval) of the 30 Hz figure to the output as it is. A model
 that passes rumble through gains here; one that keeps speech the reference holds below the cutoff loses.
+
+Part three, per ``--model`` and set: PESQ-WB, STOI and SI-SDR of the model fed the noisy input as it is and
+high-passed (zero-phase) at ``--cutoff``, with the paired differences. What the input's low band costs the model
+in the bands above it: the most a recipe that teaches the model to ignore rumble could buy there.
+
 This measures what a training recipe should change (``python -m convert.train --rumble``); no shipped model
-high-passes its output. Writes bench/results/OUT.json and OUT.md.
+high-passes its input or output. Writes bench/results/OUT.json and OUT.md.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from level import load_set
 
 import edge
 from convert.data import find_audio, load_files
-from edge.evaluate import si_sdr
+from edge.evaluate import scores, si_sdr
 
 HIGHPASS_HZ = (20.0, 30.0, 60.0)
 
@@ -52,14 +57,32 @@ def folder_files(folder: Path, count: int = 60) -> list[Path]:
     return sorted(random.Random(0).sample(files, min(count, len(files))))
 
 
-def model_rows(bundle, audio: list) -> list[dict]:
-    """Per file: SI-SDR of the output as it is and high-passed at each of ``HIGHPASS_HZ``."""
+def model_rows(bundle, audio: list, cutoff_hz: float) -> list[dict]:
+    """Per file: SI-SDR of the output as it is and high-passed at each of ``HIGHPASS_HZ``; every score of the
+    output as it is (``in_as_is``) and of the model fed the input high-passed at ``cutoff_hz`` (``in_hp``)."""
     rows = []
     for name, clean, noisy in audio:
         est = edge.denoise(noisy, bundle)
+        est_hp_in = edge.denoise(highpass(noisy, cutoff_hz).astype(np.float32), bundle)
         rows.append({"file": name, "as_is": round(si_sdr(clean, est), 3),
-                     **{f"hp{hz:g}": round(si_sdr(clean, highpass(est, hz)), 3) for hz in HIGHPASS_HZ}})
+                     **{f"hp{hz:g}": round(si_sdr(clean, highpass(est, hz)), 3) for hz in HIGHPASS_HZ},
+                     "in_as_is": rounded(scores(clean, est)), "in_hp": rounded(scores(clean, est_hp_in))})
     return rows
+
+
+def rounded(values: dict) -> dict:
+    return {k: round(v, 4) for k, v in values.items()}
+
+
+def input_highpass(rows: list[dict]) -> dict:
+    """Mean of each measure with the input as it is and high-passed, and the paired difference."""
+    out = {}
+    for m in rows[0]["in_as_is"]:
+        a = [{"file": r["file"], "v": r["in_hp"][m]} for r in rows]
+        b = [{"file": r["file"], "v": r["in_as_is"][m]} for r in rows]
+        out[m] = {"as_is": round(float(np.mean([x["v"] for x in b])), 3),
+                  "input_highpassed": round(float(np.mean([x["v"] for x in a])), 3), "difference": paired(a, b, "v")}
+    return out
 
 
 def markdown(res: dict) -> str:
@@ -79,6 +102,18 @@ def markdown(res: dict) -> str:
                 lines.append(f"| {name} | {s} | {r['as_is']:.2f} | "
                              + " | ".join(f"{r[f'hp{hz:g}']:.2f}" for hz in HIGHPASS_HZ)
                              + f" | {d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] |")
+        lines += ["", f"The model fed the noisy input as it is and high-passed (zero-phase) at {c:g} Hz: mean "
+                  "PESQ-WB, STOI and SI-SDR (dB), as is -> input high-passed, difference per file [95 % interval].",
+                  "", "| model | set | PESQ-WB | STOI | SI-SDR |", "|---|---|---|---|---|"]
+        for name, per_set in res["per_model"].items():
+            for s, r in per_set.items():
+                cells = []
+                for m, digits in (("pesq_wb", 3), ("stoi", 3), ("si_sdr", 2)):
+                    v = r["input_highpass"][m]
+                    d = v["difference"]
+                    cells.append(f"{v['as_is']:.{digits}f} -> {v['input_highpassed']:.{digits}f}, "
+                                 f"{d['mean']:+.{digits}f} [{d['ci95'][0]:+.{digits}f}, {d['ci95'][1]:+.{digits}f}]")
+                lines.append(f"| {name} | {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -120,12 +155,13 @@ def main() -> int:
         res["band"][f"{s}, clean"] = spread([band_share_db(c, args.cutoff) for _, c, _ in audio])
         res["band"][f"{s}, noise"] = spread([band_share_db(n - c, args.cutoff) for _, c, n in audio])
         for name, bundle in models.items():
-            rows = model_rows(bundle, audio)
+            rows = model_rows(bundle, audio, args.cutoff)
             res["per_model"][name][s] = {
-                **{k: round(float(np.mean([r[k] for r in rows])), 3) for k in rows[0] if k != "file"},
+                **{k: round(float(np.mean([r[k] for r in rows])), 3) for k in ("as_is", *(f"hp{hz:g}" for hz in
+                                                                                        HIGHPASS_HZ))},
                 "hp30_vs_as_is": paired([{"file": r["file"], "v": r["hp30"]} for r in rows],
                                         [{"file": r["file"], "v": r["as_is"]} for r in rows], "v"),
-                "per_file": rows}
+                "input_highpass": input_highpass(rows), "per_file": rows}
             print(f"{s}, {name}: SI-SDR {res['per_model'][name][s]['as_is']:.2f} dB, "
                   f"high-passed at 30 Hz {res['per_model'][name][s]['hp30']:.2f}", flush=True)
     for folder in args.train:
