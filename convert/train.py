@@ -222,6 +222,9 @@ class Run:
         self.opt.learning_rate.assign(self.st["lr"])
         self.log(event="resume", epoch=self.st["epoch"], step=self.st["step"], lr=self.st["lr"],
                  best_dev=self.st["best_dev"])
+        if not self.tc.keep_epochs and any(self.out.glob("epoch-*.h5")):
+            self.log(event="note", message="the run folder holds epoch-NNN.h5 files, but --keep-epochs is for one "
+                                           "invocation only: give it again to keep this invocation's epochs too")
 
     def _steps(self):
         """(train_step, dev_step) as tf.functions of this run's model and optimiser."""

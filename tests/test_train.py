@@ -179,9 +179,11 @@ def test_keep_epochs_keeps_every_epochs_weights_for_this_invocation_only(tiny_da
             np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for name, arrays in first.arrays.items()
                for a, b in zip(arrays, last.arrays[name], strict=True))  # a different epoch, not a copy
-    # a run-only option: a resume without it keeps no more
-    _train(tiny_data, tmp_path / "k", "--epochs", "3", "--resume")
+    # a run-only option: a resume without it keeps no more, and says so
+    events = _train(tiny_data, tmp_path / "k", "--epochs", "3", "--resume")
     assert sorted(p.name for p in (tmp_path / "k").glob("epoch-*.h5")) == kept
+    notes = [e["message"] for e in events if e["event"] == "note"]
+    assert len(notes) == 1 and "--keep-epochs" in notes[0]
     assert json.loads((tmp_path / "k" / "state.json").read_text())["config"]["keep_epochs"] is False
 
 
