@@ -15,7 +15,8 @@ paired difference (mean per file, 95 % bootstrap interval) of the 30 Hz figure t
 that passes rumble through gains here; one that keeps speech the reference holds below the cutoff loses.
 
 Part three, per ``--model`` and set: PESQ-WB, STOI and SI-SDR of the model fed the noisy input as it is and
-high-passed (zero-phase) at ``--cutoff``, with the paired differences. What the input's low band costs the model
+high-passed (zero-phase) at ``--cutoff``, with the paired differences (a high-passed input that peaks past
+full scale is scaled to 0.999 peak on the way in and back on the way out). What the input's low band costs the model
 in the bands above it: the most a recipe that teaches the model to ignore rumble could buy there.
 
 This measures what a training recipe should change (``python -m convert.train --rumble``); no shipped model
@@ -63,7 +64,10 @@ def model_rows(bundle, audio: list, cutoff_hz: float) -> list[dict]:
     rows = []
     for name, clean, noisy in audio:
         est = edge.denoise(noisy, bundle)
-        est_hp_in = edge.denoise(highpass(noisy, cutoff_hz).astype(np.float32), bundle)
+        x = highpass(noisy, cutoff_hz).astype(np.float32)
+        peak = float(np.max(np.abs(x)))  # taking the low band out can raise a peak past full scale: scale it back
+        gain = 0.999 / peak if peak > 0.999 else 1.0
+        est_hp_in = edge.denoise(x * np.float32(gain), bundle) / np.float32(gain)
         rows.append({"file": name, "as_is": round(si_sdr(clean, est), 3),
                      **{f"hp{hz:g}": round(si_sdr(clean, highpass(est, hz)), 3) for hz in HIGHPASS_HZ},
                      "in_as_is": rounded(scores(clean, est)), "in_hp": rounded(scores(clean, est_hp_in))})
