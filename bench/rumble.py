@@ -39,6 +39,7 @@ from convert.data import find_audio, load_files
 from edge.evaluate import scores, si_sdr
 
 HIGHPASS_HZ = (20.0, 30.0, 60.0)
+SI_SDR_KEYS = ("as_is", *(f"hp{hz:g}" for hz in HIGHPASS_HZ))
 
 
 def band_share_db(x: np.ndarray, cutoff_hz: float) -> float:
@@ -161,8 +162,7 @@ def main() -> int:
         for name, bundle in models.items():
             rows = model_rows(bundle, audio, args.cutoff)
             res["per_model"][name][s] = {
-                **{k: round(float(np.mean([r[k] for r in rows])), 3) for k in ("as_is", *(f"hp{hz:g}" for hz in
-                                                                                        HIGHPASS_HZ))},
+                **{k: round(float(np.mean([r[k] for r in rows])), 3) for k in SI_SDR_KEYS},
                 "hp30_vs_as_is": paired([{"file": r["file"], "v": r["hp30"]} for r in rows],
                                         [{"file": r["file"], "v": r["as_is"]} for r in rows], "v"),
                 "input_highpass": input_highpass(rows), "per_file": rows}
